@@ -1,0 +1,37 @@
+# Set-up and everyday commands. Everything runs inside .venv, created on first use.
+# The tested versions (torch 2.13.0 CPU among them) are pinned in constraints.txt;
+# pyproject.toml keeps open lower bounds.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo demo-quick test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/musetok demo --out demo-out
+
+demo-quick: $(STAMP)
+	$(BIN)/musetok demo --quick --out demo-out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+	$(BIN)/ruff check .
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,bench]"
+	$(BIN)/python benchmarks/bench_tokenize.py
+
+clean:
+	rm -rf $(VENV) demo-out bench-out .pytest_cache .ruff_cache
