@@ -1,0 +1,156 @@
+"""The `musetok` command. Each subcommand is a thin wrapper over the Python API.
+
+Exit codes: 0 success; 1 the job ran but some inputs failed (e.g. bad audio files in `tokenize`);
+2 bad usage or config (one line on stderr naming the key or file, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+log = logging.getLogger("musetok")
+
+
+def _version() -> str:
+    try:
+        return version("musetok")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--config", default=default,
+                   help=f"YAML file, or a config name under configs/ (default: {default})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set model.codebook_size=1024 (repeatable)")
+
+
+# ---------------------------------------------------------------------------------------------------
+def cmd_train_tokenizer(a: argparse.Namespace) -> int:
+    from musetok.shared.config import apply_override, from_dict, load_config, to_dict
+    from musetok.tokenizer.train import TokenizerRunConfig, load_run_config, train_tokenizer
+
+    if a.resume:
+        d = to_dict(load_run_config(a.out))
+        for item in a.overrides:
+            apply_override(d, item)
+        run = from_dict(TokenizerRunConfig, d)
+    else:
+        run = load_config(TokenizerRunConfig, a.config, a.overrides, kind="tokenizer")
+    r = train_tokenizer(run, a.audio, a.out, resume=a.resume, progress=not a.quiet)
+    usage = ", ".join(f"{u:.0f}%" for u in r.valid_usage)
+    print(f"tokenizer {r.tokenizer_id} -> {r.out}: {r.steps} steps, valid recon loss {r.valid_recon_loss:.4f}, "
+          f"codebook usage {usage}")
+    return 0
+
+
+def cmd_tokenize(a: argparse.Namespace) -> int:
+    from musetok.tokenizer.builder import load_tokenizer
+    from musetok.tokenizer.encode_corpus import tokenize_corpus
+
+    model = load_tokenizer(a.tokenizer, device=a.device)
+    r = tokenize_corpus(model, a.audio, a.out, workers=a.workers, progress=not a.quiet)
+    print(f"tokenize -> {a.out}: {r.summary()}")
+    for path, why in sorted(r.failed.items()):
+        print(f"  failed: {path}: {why}")
+    return 1 if r.failed else 0
+
+
+def cmd_decode(a: argparse.Namespace) -> int:
+    from musetok.shared.audio import write_audio
+    from musetok.shared.token_store import TokenStore
+    from musetok.tokenizer.builder import load_tokenizer
+    from musetok.tokenizer.decode import codes_to_audio
+
+    model = load_tokenizer(a.tokenizer)
+    store = TokenStore(a.store)
+    store.meta.check_compatible(_meta_of(model), str(a.store))
+    i = int(a.item) if a.item.isdigit() else store.index_of(a.item)
+    if not 0 <= i < len(store):
+        raise IndexError(f"--item {i}: the store has {len(store)} items")
+    wave = codes_to_audio(model, store.codes(i))
+    write_audio(a.out, wave, model.sample_rate)
+    print(f"decoded {store.items[i].path} ({store.items[i].length} frames) -> {a.out}")
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from musetok.shared.token_store import TokenStore
+
+    s = TokenStore(a.store)
+    m = s.meta
+    print(f"store {s.root}: tokenizer {m.tokenizer_id}, {m.num_codebooks} x {m.codebook_size} codes "
+          f"at {m.frame_rate:.2f} Hz; {len(s)} files, {s.hours:.3f} h, {s.total_frames} frames; "
+          f"{len(s.failed)} failed")
+    for e in s.failed:
+        print(f"  failed: {e.path}: {e.reason}")
+    return 0
+
+
+def _meta_of(model):
+    from musetok.shared.token_store import StoreMeta
+
+    return StoreMeta(getattr(model, "tokenizer_id", ""), model.codebook_size, model.num_codebooks,
+                     model.frame_rate)
+
+
+# ---------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="musetok", description="Self-supervised music representations: "
+                                "tokenize audio with a VQ-VAE, pretrain a transformer prior, embed, probe.")
+    p.add_argument("--version", action="version", version=f"musetok {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("train-tokenizer", help="train the VQ-VAE tokenizer on a folder of audio")
+    _add_config_args(s, "small")
+    s.add_argument("--audio", required=True, help="audio folder or manifest CSV (column 'path')")
+    s.add_argument("--out", required=True, help="output folder for the tokenizer")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_train_tokenizer)
+
+    s = sub.add_parser("tokenize", help="encode a corpus into a token store (resumable)")
+    s.add_argument("--tokenizer", required=True, help="trained tokenizer folder")
+    s.add_argument("--audio", required=True, help="audio folder or manifest CSV")
+    s.add_argument("--out", required=True, help="token store folder (continued if it exists)")
+    s.add_argument("--workers", type=int, default=1, help="decode worker processes (default 1)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_tokenize)
+
+    s = sub.add_parser("decode", help="decode one store item back to audio (listen to what the codes keep)")
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--store", required=True)
+    s.add_argument("--item", required=True, help="item number or relative path")
+    s.add_argument("--out", required=True, help="output audio file (.wav or .flac)")
+    s.set_defaults(fn=cmd_decode)
+
+    s = sub.add_parser("info", help="summarise a token store")
+    s.add_argument("store")
+    s.set_defaults(fn=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="musetok: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    from musetok.shared.audio import AudioError
+    from musetok.shared.config import ConfigError
+    from musetok.shared.io import CheckpointError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, CheckpointError, AudioError, FileNotFoundError, IndexError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"musetok {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"musetok {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Files that survive a crash: atomic write (tmp + fsync + rename), model folders, training state.
+
+A model folder is `config.json` + `model.safetensors` (+ whatever the model adds, e.g. the mel
+normaliser), as in `transformers.save_pretrained`. Training state for `--resume` is one
+`train_state.pt` holding model, optimizer and RNG states, loaded with `weights_only=True`: nothing
+here unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = "train_state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or store that is missing, damaged or of an unknown format. Names the file."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write_fn) -> None:
+    """Call `write_fn(tmp_path)` then fsync and rename onto `path`: readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP and/or torch.compile wrappers (no `module.` / `_orig_mod.` prefixes)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def save_model_folder(folder: str | Path, model: torch.nn.Module, config: dict) -> None:
+    """Write `config.json` and `model.safetensors` atomically (weights first, config last)."""
+    folder = Path(folder)
+    state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    write_json(folder / CONFIG_FILE, config)
+
+
+def load_weights(folder: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found (is {folder} a musetok model folder?)")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: damaged weights file ({e})") from None
+
+
+def load_state_dict_strict(model: torch.nn.Module, state: dict, source: str | Path) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: weights do not fit the model in config.json "
+                              f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+
+
+def save_train_state(folder: str | Path, state: dict) -> None:
+    atomic_write(Path(folder) / STATE_FILE, lambda tmp: torch.save(state, tmp))
+
+
+def load_train_state(folder: str | Path) -> dict:
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no training state to resume from")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a damaged or foreign pickle
+        raise CheckpointError(f"{path}: damaged or unsafe training state ({str(e).splitlines()[0]})") from None

@@ -1,0 +1,105 @@
+"""Training data for the tokenizer: random fixed-length segments, batch `s` a pure function of
+(seed, s), so runs are reproducible and `--resume` continues exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+import torch
+from musetok.shared.audio import AudioCorpus, AudioError, audio_info
+from musetok.tokenizer.features import Featurizer
+
+log = logging.getLogger("musetok")
+
+
+def split_files(files: list[str], valid_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic split by file (hash of path and seed). Keeps at least one file on each side
+    when there are two or more files."""
+    def h(p: str) -> float:
+        return int(hashlib.sha1(f"{seed}:{p}".encode()).hexdigest()[:8], 16) / 16**8
+    valid = [f for f in files if h(f) < valid_fraction]
+    train = [f for f in files if h(f) >= valid_fraction]
+    if len(files) >= 2 and valid_fraction > 0 and not valid:
+        valid = [min(train, key=h)]
+        train.remove(valid[0])
+    if not train:
+        train, valid = valid, []
+    return train, valid
+
+
+class SegmentSource:
+    """Random segments of model input from a list of files, read from RAM (cached) or from disk."""
+
+    def __init__(self, corpus: AudioCorpus, files: list[str], featurizer: Featurizer,
+                 segment_seconds: float, cache_hours: float):
+        self.corpus, self.fz = corpus, featurizer
+        self.files, self.durations, self.bad = [], [], {}
+        for rel in files:
+            try:
+                info = audio_info(corpus.path(rel))
+                if info.frames == 0:
+                    raise AudioError(rel, "zero-length audio")
+            except AudioError as e:
+                self.bad[rel] = e.reason
+                continue
+            self.files.append(rel)
+            self.durations.append(info.duration)
+        for rel, why in self.bad.items():
+            log.warning("skipping %s: %s", rel, why)
+        self.segment_seconds = segment_seconds
+        self.segment_units = int(round(segment_seconds * featurizer.units_per_second))
+        self.cache: dict[str, np.ndarray] | None = None
+        if self.files and sum(self.durations) <= cache_hours * 3600:
+            self.cache = {}
+            for rel in list(self.files):
+                try:
+                    self.cache[rel] = self.fz.file(corpus.path(rel))
+                except AudioError as e:
+                    self.bad[rel] = e.reason
+                    log.warning("skipping %s: %s", rel, e.reason)
+            keep = [i for i, f in enumerate(self.files) if f in self.cache]
+            self.files = [self.files[i] for i in keep]
+            self.durations = [self.durations[i] for i in keep]
+
+    @property
+    def hours(self) -> float:
+        return sum(self.durations) / 3600
+
+    def segment(self, i: int, start: float) -> np.ndarray:
+        """Segment of file `i` starting at `start` seconds, `(C, segment_units)` (edge-padded)."""
+        n = self.segment_units
+        if self.cache is not None:
+            x = self.cache[self.files[i]]
+            s = int(start * self.fz.units_per_second)
+            seg = x[:, s:s + n]
+        else:
+            seg = self.fz.file(self.corpus.path(self.files[i]), start, self.segment_seconds)[:, :n]
+        if seg.shape[1] < n:
+            seg = np.pad(seg, ((0, 0), (0, n - seg.shape[1])), mode="edge")
+        return seg
+
+    def batch(self, seed: int, step: int, batch_size: int) -> torch.Tensor:
+        """Batch for `step`: `(B, C, segment_units)`; depends only on (seed, step)."""
+        rng = np.random.default_rng([seed, step])
+        p = np.asarray(self.durations) / sum(self.durations)
+        idx = rng.choice(len(self.files), size=batch_size, p=p)
+        segs = []
+        for i in idx:
+            start = rng.uniform(0, max(0.0, self.durations[i] - self.segment_seconds))
+            segs.append(self.segment(int(i), start))
+        return torch.from_numpy(np.stack(segs))
+
+
+class BatchDataset(torch.utils.data.Dataset):
+    """Map-style dataset over step numbers, so DataLoader workers build batches in parallel."""
+
+    def __init__(self, source: SegmentSource, seed: int, batch_size: int, start: int, stop: int):
+        self.source, self.seed, self.batch_size, self.start, self.stop = source, seed, batch_size, start, stop
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def __getitem__(self, i):
+        return self.source.batch(self.seed, self.start + i, self.batch_size)

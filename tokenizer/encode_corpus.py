@@ -1,0 +1,139 @@
+"""Tokenize a corpus into a token store: `musetok tokenize --tokenizer DIR --audio DIR --out STORE`.
+
+Decode workers (DataLoader processes) read each file in blocks, resample, compute the model input
+and cut it into overlapping chunks; the main process encodes chunks and appends each finished
+file's codes to the store. Memory stays bounded by the chunk size whatever a file's length, and the
+codes equal encoding each whole file at once. A bad file is recorded in the store with its reason and
+never stops the run. A rerun skips files already in the store (same size and mtime).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from musetok.shared.audio import AudioCorpus, AudioError, list_audio
+from musetok.shared.token_store import StoreMeta, TokenStoreWriter, file_signature
+from musetok.tokenizer.base import Tokenizer, overlapping_chunks
+from musetok.tokenizer.features import Featurizer
+from tqdm import tqdm
+
+log = logging.getLogger("musetok")
+
+
+@dataclass
+class TokenizeResult:
+    """Summary of one `tokenize` run."""
+
+    store: Path
+    total: int                     # files in the corpus
+    encoded: int                   # files encoded in this run
+    skipped: int                   # already in the store
+    failed: dict[str, str] = field(default_factory=dict)  # path -> reason, this run
+    audio_seconds: float = 0.0     # audio encoded in this run
+    wall_seconds: float = 0.0
+
+    @property
+    def realtime_factor(self) -> float:
+        return self.audio_seconds / max(self.wall_seconds, 1e-9)
+
+    def summary(self) -> str:
+        return (f"{self.encoded} encoded, {self.skipped} already done, {len(self.failed)} failed "
+                f"of {self.total} files; {self.audio_seconds / 3600:.3f} h of audio in {self.wall_seconds:.1f} s "
+                f"({self.realtime_factor:.0f}x real time)")
+
+
+class ChunkStream(torch.utils.data.IterableDataset):
+    """Yields, per file, `("chunk", i, chunk, left, n_core)` items then one `("end", i, seconds, error)`."""
+
+    def __init__(self, corpus: AudioCorpus, files: list[str], featurizer: Featurizer, core: int, context: int):
+        self.corpus, self.files, self.fz, self.core, self.context = corpus, files, featurizer, core, context
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        if info:
+            torch.set_num_threads(1)
+        for i in range(wid, len(self.files), nw):
+            units = 0
+            try:
+                blocks = self.fz.iter_file(self.corpus.path(self.files[i]))
+                for chunk, left, n_core in overlapping_chunks(blocks, self.core, self.context):
+                    units += n_core
+                    yield ("chunk", i, chunk, left, n_core)
+                yield ("end", i, units / self.fz.units_per_second, "")
+            except AudioError as e:
+                yield ("end", i, 0.0, e.reason)
+            except Exception as e:  # noqa: BLE001 - one bad file must never stop the corpus
+                yield ("end", i, 0.0, f"{type(e).__name__}: {e}")
+
+
+def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, workers: int = 1,
+                    chunk_codes: int = 2048, progress: bool = True, writer_name: str = "main",
+                    files: list[str] | None = None) -> TokenizeResult:
+    """Encode every audio file under `audio` (folder or manifest) into the store at `store`.
+
+    Args:
+        model: a trained tokenizer in eval mode (from `load_tokenizer`).
+        audio: folder or manifest CSV.
+        store: store folder (created, or continued if it exists with the same tokenizer).
+        workers: decode processes (0 decodes in the main process).
+        chunk_codes: code frames encoded per model call; bounds memory for long files.
+        writer_name: keeps shards/indexes of parallel writers apart.
+        files: restrict to these relative paths (used to shard a corpus across processes).
+    """
+    t0 = time.time()
+    corpus = list_audio(audio)
+    meta = StoreMeta(tokenizer_id=getattr(model, "tokenizer_id", ""), codebook_size=model.codebook_size,
+                     num_codebooks=model.num_codebooks, frame_rate=model.frame_rate,
+                     sample_rate=model.sample_rate, audio_root=str(Path(corpus.root).resolve()))
+    writer = TokenStoreWriter(store, meta, name=writer_name)
+    todo, skipped = [], 0
+    for rel in (corpus.files if files is None else files):
+        size, mtime = file_signature(corpus.path(rel))
+        if writer.done(rel, size, mtime):
+            skipped += 1
+        else:
+            todo.append((rel, size, mtime))
+    result = TokenizeResult(Path(store), len(corpus.files if files is None else files), 0, skipped)
+
+    fz = Featurizer(model.cfg)
+    stream = ChunkStream(corpus, [t[0] for t in todo], fz, chunk_codes * model.units_per_code, model.context_units)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers if todo else 0,
+                                         prefetch_factor=4 if workers and todo else None)
+    device = next(model.parameters()).device
+    pending: dict[int, list[np.ndarray]] = {}
+    bar = tqdm(total=len(todo), desc="tokenize", unit="file", disable=not progress)
+    with torch.inference_mode():
+        for item in loader:
+            kind, i = item[0], item[1]
+            if kind == "chunk":
+                _, _, chunk, left, n_core = item
+                x = torch.as_tensor(chunk)[None].to(device)  # (1, C, n)
+                codes = model.encode(x)[0]  # (K, t)
+                c0 = left // model.units_per_code
+                c1 = c0 + -(-n_core // model.units_per_code)
+                pending.setdefault(i, []).append(codes[:, c0:c1].cpu().numpy())
+                continue
+            _, _, seconds, error = item
+            rel, size, mtime = todo[i]
+            parts = pending.pop(i, [])
+            if error:
+                writer.fail(rel, error, size, mtime)
+                result.failed[rel] = error
+                log.warning("failed: %s: %s", rel, error)
+            else:
+                writer.add(rel, np.concatenate(parts, axis=1), seconds, size, mtime)
+                result.encoded += 1
+                result.audio_seconds += seconds
+            result.wall_seconds = time.time() - t0
+            bar.set_postfix(hours=f"{result.audio_seconds / 3600:.2f}", rtf=f"{result.realtime_factor:.0f}x",
+                            failed=len(result.failed))
+            bar.update(1)
+    bar.close()
+    result.wall_seconds = time.time() - t0
+    return result

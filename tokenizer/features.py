@@ -1,0 +1,56 @@
+"""Audio file -> the tokenizer's input (log-mel or waveform), streamed in blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from musetok.shared.audio import iter_audio
+from musetok.shared.mel import MelFrontend, StreamingMel
+from musetok.tokenizer.config import TokenizerConfig
+
+
+class Featurizer:
+    """Turns audio files or arrays into model input `(C, N)` float32 numpy, for either input kind."""
+
+    def __init__(self, cfg: TokenizerConfig, block_seconds: float = 30.0):
+        self.cfg = cfg
+        self.block_seconds = block_seconds
+        self.frontend = MelFrontend(cfg.mel) if cfg.input == "mel" else None
+
+    @property
+    def sample_rate(self) -> int:
+        return self.cfg.mel.sample_rate
+
+    @property
+    def units_per_second(self) -> float:
+        return self.cfg.mel.frame_rate if self.cfg.input == "mel" else float(self.sample_rate)
+
+    def iter_file(self, path: str | Path, start: float = 0.0, duration: float | None = None
+                  ) -> Iterator[np.ndarray]:
+        """Yield `(C, n)` blocks of model input for a file (raises AudioError for a bad file)."""
+        blocks = iter_audio(path, self.sample_rate, self.block_seconds, start=start, duration=duration)
+        if self.frontend is None:
+            for b in blocks:
+                yield b[None]
+            return
+        stream = StreamingMel(self.frontend)
+        for b in blocks:
+            out = stream.push(b)
+            if out.shape[1]:
+                yield out
+        out = stream.flush()
+        if out.shape[1]:
+            yield out
+
+    def file(self, path: str | Path, start: float = 0.0, duration: float | None = None) -> np.ndarray:
+        return np.concatenate(list(self.iter_file(path, start, duration)), axis=1)
+
+    def array(self, wave: np.ndarray) -> np.ndarray:
+        """Mono waveform `(N,)` at `sample_rate` -> `(C, N')`."""
+        if self.frontend is None:
+            return np.asarray(wave, np.float32)[None]
+        with torch.no_grad():
+            return self.frontend(torch.from_numpy(np.asarray(wave, np.float32))).numpy()

@@ -1,0 +1,77 @@
+"""The mel VQ-VAE: 1-D conv residual encoder over log-mel frames -> VQ -> mirrored decoder."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from musetok.shared.mel import MelFrontend
+from musetok.shared.normalize import MelStats
+from musetok.tokenizer.base import Tokenizer, TokenizerOutput
+from musetok.tokenizer.config import TokenizerConfig
+from musetok.tokenizer.layers import res_stack
+from musetok.tokenizer.quantizer import Quantizer
+from torch import nn
+
+
+class MelVQVAE(Tokenizer):
+    """Input: log-mel `(B, n_mels, T)`; codes at `T / downsample` frames."""
+
+    def __init__(self, cfg: TokenizerConfig, stats: MelStats | None = None):
+        super().__init__()
+        self.cfg = cfg
+        m, c, depth = cfg.mel.n_mels, cfg.channels, cfg.res_blocks
+        levels = int(math.log2(cfg.downsample))
+        self.frontend = MelFrontend(cfg.mel)
+        stats = stats or MelStats.identity(m)
+        # Derived from normalizer.json, which is the stored copy: not saved in the weights.
+        self.register_buffer("mel_mean", torch.from_numpy(stats.mean)[:, None], persistent=False)
+        self.register_buffer("mel_std", torch.from_numpy(stats.std)[:, None], persistent=False)
+
+        enc = [nn.Conv1d(m, c, 3, padding=1)]
+        for _ in range(levels):
+            enc += [res_stack(c, depth), nn.Conv1d(c, c, 4, stride=2, padding=1)]
+        enc += [res_stack(c, depth), nn.GELU()]
+        self.encoder = nn.Sequential(*enc)
+        self.quantizer = Quantizer(c, cfg.quantizer)
+        dec = [nn.Conv1d(c, c, 3, padding=1), res_stack(c, depth, reverse=True)]
+        for _ in range(levels):
+            dec += [nn.ConvTranspose1d(c, c, 4, stride=2, padding=1), res_stack(c, depth, reverse=True)]
+        dec += [nn.GELU(), nn.Conv1d(c, m, 3, padding=1)]
+        self.decoder = nn.Sequential(*dec)
+
+    def set_stats(self, stats: MelStats) -> None:
+        self.mel_mean.copy_(torch.from_numpy(stats.mean)[:, None])
+        self.mel_std.copy_(torch.from_numpy(stats.std)[:, None])
+
+    def stats(self) -> MelStats:
+        return MelStats(self.mel_mean[:, 0].cpu().numpy().astype(np.float32),
+                        self.mel_std[:, 0].cpu().numpy().astype(np.float32), 0)
+
+    def features(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.frontend(wave)
+
+    def _encode_latent(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        n = x.shape[-1]
+        x = self.pad_to_codes((x - self.mel_mean) / self.mel_std)
+        return self.encoder(x).transpose(1, 2), n  # (B, T', C)
+
+    def forward(self, x: torch.Tensor) -> TokenizerOutput:
+        z, n = self._encode_latent(x)
+        q = self.quantizer(z)
+        recon_norm = self.decoder(q.quantized.transpose(1, 2))[..., :n]  # (B, n_mels, T)
+        target = (x - self.mel_mean) / self.mel_std
+        recon_loss = F.mse_loss(recon_norm, target)
+        recon = recon_norm * self.mel_std + self.mel_mean
+        return TokenizerOutput(recon, q.codes, recon_loss + q.commit_loss, recon_loss, q.commit_loss)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        z, _ = self._encode_latent(x)
+        return self.quantizer.encode(z)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        q = self.quantizer.decode(codes)  # (B, T, C)
+        return self.decoder(q.transpose(1, 2)) * self.mel_std + self.mel_mean
