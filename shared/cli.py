@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -116,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer", required=True, help="trained tokenizer folder")
     s.add_argument("--audio", required=True, help="audio folder or manifest CSV")
     s.add_argument("--out", required=True, help="token store folder (continued if it exists)")
-    s.add_argument("--workers", type=int, default=1, help="decode worker processes (default 1)")
+    s.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="decode worker processes (default: one per core, at most 8; 0 decodes in-process)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_tokenize)

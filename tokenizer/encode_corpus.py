@@ -10,6 +10,7 @@ never stops the run. A rerun skips files already in the store (same size and mti
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,10 @@ def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, work
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers if todo else 0,
                                          prefetch_factor=4 if workers and todo else None)
     device = next(model.parameters()).device
+    # Decode workers own the other cores: one model thread per spare core avoids oversubscription.
+    threads = torch.get_num_threads()
+    if workers and device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
     pending: dict[int, list[np.ndarray]] = {}
     bar = tqdm(total=len(todo), desc="tokenize", unit="file", disable=not progress)
     with torch.inference_mode():
@@ -135,5 +140,6 @@ def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, work
                             failed=len(result.failed))
             bar.update(1)
     bar.close()
+    torch.set_num_threads(threads)
     result.wall_seconds = time.time() - t0
     return result
