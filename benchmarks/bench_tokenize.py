@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -65,7 +64,8 @@ def peak_rss_child(tok_dir: Path, audio: Path, store: Path, workers: int) -> tup
         "from musetok.tokenizer.encode_corpus import tokenize_corpus\n"
         "m = load_tokenizer(sys.argv[1]); t = time.time()\n"
         "tokenize_corpus(m, sys.argv[2], sys.argv[3], workers=int(sys.argv[4]), progress=False)\n"
-        "s = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; c = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+        "s = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "c = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
         "print(json.dumps({'self': s, 'children': c, 'seconds': time.time() - t}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(tok_dir), str(audio), str(store), str(workers)],

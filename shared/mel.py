@@ -18,8 +18,9 @@ import librosa
 import numpy as np
 import torch
 import torch.nn.functional as F
-from musetok.shared.config import check
 from torch import nn
+
+from musetok.shared.config import check
 
 
 @dataclass

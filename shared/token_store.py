@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from musetok.shared.io import CheckpointError, read_json, write_json
 
 FORMAT_VERSION = 1

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+
 from musetok.tokenizer.config import TokenizerConfig
 from musetok.tokenizer.layers import receptive_field
-from torch import nn
 
 
 @dataclass

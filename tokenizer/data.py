@@ -8,6 +8,7 @@ import logging
 
 import numpy as np
 import torch
+
 from musetok.shared.audio import AudioCorpus, AudioError, audio_info
 from musetok.tokenizer.features import Featurizer
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import librosa
 import numpy as np
 import torch
+
 from musetok.tokenizer.base import Tokenizer
 
 

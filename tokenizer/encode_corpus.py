@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
 from musetok.shared.audio import AudioCorpus, AudioError, list_audio
 from musetok.shared.token_store import StoreMeta, TokenStoreWriter, file_signature
 from musetok.tokenizer.base import Tokenizer, overlapping_chunks
 from musetok.tokenizer.features import Featurizer
-from tqdm import tqdm
 
 log = logging.getLogger("musetok")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from musetok.shared.audio import iter_audio
 from musetok.shared.mel import MelFrontend, StreamingMel
 from musetok.tokenizer.config import TokenizerConfig

@@ -7,13 +7,14 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from musetok.shared.mel import MelFrontend
 from musetok.shared.normalize import MelStats
 from musetok.tokenizer.base import Tokenizer, TokenizerOutput
 from musetok.tokenizer.config import TokenizerConfig
 from musetok.tokenizer.layers import res_stack
 from musetok.tokenizer.quantizer import Quantizer
-from torch import nn
 
 
 class MelVQVAE(Tokenizer):

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from musetok.tokenizer.config import QuantizerConfig
 from torch import nn
 from vector_quantize_pytorch import ResidualVQ, VectorQuantize
+
+from musetok.tokenizer.config import QuantizerConfig
 
 
 @dataclass

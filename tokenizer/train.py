@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
 from musetok.shared.audio import AudioError, list_audio
 from musetok.shared.config import ConfigError, check, from_dict, to_dict
 from musetok.shared.io import STATE_FILE, load_train_state, read_json, save_train_state, unwrap, write_json
@@ -34,7 +36,6 @@ from musetok.tokenizer.builder import build_tokenizer, save_tokenizer
 from musetok.tokenizer.config import TokenizerConfig
 from musetok.tokenizer.data import BatchDataset, SegmentSource, split_files
 from musetok.tokenizer.features import Featurizer
-from tqdm import tqdm
 
 log = logging.getLogger("musetok")
 RUN_CONFIG_FILE = "run_config.json"
@@ -111,7 +112,9 @@ def load_run_config(out: str | Path) -> TokenizerRunConfig:
 
 
 def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path, resume: bool = False,
-                    progress: bool = True) -> TokenizerTrainResult:
+                    progress: bool = True, stop_at: int | None = None) -> TokenizerTrainResult:
+    """Train (or with `resume`, continue) a tokenizer; `stop_at` ends this run early at that step with a
+    checkpoint, keeping the schedule of `train.steps` (for time-limited jobs)."""
     tc, mc = run.train, run.model
     out = Path(out)
     if not resume and (out / STATE_FILE).exists():
@@ -172,10 +175,13 @@ def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path,
         return tok_id
 
     # -- the loop ----------------------------------------------------------------------------------
-    loader = torch.utils.data.DataLoader(BatchDataset(train_src, tc.seed, tc.batch_size, step, tc.steps),
+    last = tc.steps if stop_at is None else min(stop_at, tc.steps)
+    loader = torch.utils.data.DataLoader(BatchDataset(train_src, tc.seed, tc.batch_size, step, last),
                                          batch_size=None, shuffle=False, num_workers=tc.num_workers,
-                                         persistent_workers=False)
-    bar = tqdm(total=tc.steps, initial=step, desc="train-tokenizer", unit="step", disable=not progress)
+                                         # its own generator: drawing the loader's seed from the global RNG
+                                         # would shift the VQ's random draws after a resume
+                                         generator=torch.Generator().manual_seed(tc.seed))
+    bar = tqdm(total=last, initial=step, desc="train-tokenizer", unit="step", disable=not progress)
     model.train()
     valid_loss, usage = float("nan"), [0.0] * mc.num_codebooks
     tok_id = ""
@@ -199,7 +205,7 @@ def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path,
             valid_loss, counts, usage, ppl = validate()
             metrics.write(step, split="valid", recon_loss=valid_loss, usage=[round(u, 2) for u in usage],
                           perplexity=[round(p, 2) for p in ppl])
-        if step % tc.checkpoint_every == 0 or step == tc.steps:
+        if step % tc.checkpoint_every == 0 or step == last:
             tok_id = checkpoint()
         bar.update(1)
     bar.close()

@@ -4,11 +4,12 @@ trained with a multi-resolution STFT loss."""
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from musetok.tokenizer.base import Tokenizer, TokenizerOutput
 from musetok.tokenizer.config import TokenizerConfig
 from musetok.tokenizer.layers import res_stack
 from musetok.tokenizer.quantizer import Quantizer
-from torch import nn
 
 STFT_SIZES = (256, 512, 1024)
 

@@ -1,0 +1,60 @@
+"""Test helpers: every test makes its own small audio (no downloads, no dev data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SR = 16000
+
+# A tokenizer small enough to train in seconds on 2 cores.
+TINY_TOKENIZER = [
+    "model.mel.sample_rate=16000", "model.mel.n_mels=40", "model.channels=32", "model.codebook_size=32",
+    "train.batch_size=8", "train.segment_seconds=1.0", "train.warmup_steps=10", "train.log_every=20",
+    "train.valid_every=100", "train.checkpoint_every=100",
+]
+
+
+def tone(seconds: float, f0: float, sr: int = SR, seed: int = 0, decay: float = 4.0) -> np.ndarray:
+    """A plucked harmonic tone repeated every 0.5 s, with a little noise."""
+    t = np.arange(int(seconds * sr)) / sr
+    env = np.exp(-(t % 0.5) * decay)
+    y = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6)) * env * 0.2
+    y += np.random.default_rng(seed).standard_normal(len(t)) * 0.003
+    return y.astype(np.float32)
+
+
+def write(path: Path, y: np.ndarray, sr: int = SR, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sf.SoundFile(str(path), "w", sr, 1 if y.ndim == 1 else y.shape[1], **kw) as f:
+        for i in range(0, len(y), 1 << 15):  # blocks: one big OGG write can crash libsndfile
+            f.write(y[i:i + (1 << 15)])
+    return path
+
+
+def make_corpus(root: Path, n: int = 8, seconds: float = 4.0, sr: int = SR) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        f0 = 110 * 2 ** (rng.integers(0, 24) / 12)
+        write(root / f"tone{i:02d}.wav", tone(seconds, f0, sr, seed=i), sr)
+    return root
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def trained_tokenizer(tmp_path_factory, corpus) -> Path:
+    """A tiny mel tokenizer trained for 300 steps on the toy corpus (shared by several tests)."""
+    from musetok.shared.config import load_config
+    from musetok.tokenizer.train import TokenizerRunConfig, train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    run = load_config(TokenizerRunConfig, None, TINY_TOKENIZER + ["train.steps=300"])
+    train_tokenizer(run, corpus, out, progress=False)
+    return out

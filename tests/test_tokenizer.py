@@ -1,0 +1,130 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from musetok.shared.config import load_config
+from musetok.shared.io import CheckpointError
+from musetok.tokenizer import TokenizerConfig, build_tokenizer, load_tokenizer
+from musetok.tokenizer.train import TokenizerRunConfig, train_tokenizer
+from tests.conftest import TINY_TOKENIZER
+
+
+def tiny(**kw) -> TokenizerConfig:
+    base = dict(channels=32, codebook_size=64)
+    base.update(kw)
+    return TokenizerConfig(**base)
+
+
+@pytest.mark.parametrize("cfg, in_shape, codes_shape", [
+    (tiny(), (2, 80, 301), (2, 1, 151)),
+    (tiny(downsample=4, num_codebooks=3), (2, 80, 300), (2, 3, 75)),
+    (tiny(downsample=1), (2, 80, 64), (2, 1, 64)),
+    (tiny(input="waveform", strides=(4, 4)), (2, 1, 4000), (2, 1, 250)),
+])
+def test_forward_backward_shapes(cfg, in_shape, codes_shape):
+    torch.manual_seed(0)
+    m = build_tokenizer(cfg)
+    x = torch.randn(*in_shape) * (0.1 if cfg.input == "waveform" else 1)
+    out = m(x)
+    assert out.recon.shape == x.shape
+    assert out.codes.shape == codes_shape and out.codes.dtype == torch.long
+    assert out.loss.dim() == 0
+    out.loss.backward()
+    grads = [p.grad for p in m.encoder.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert m.frame_rate == pytest.approx(cfg.frame_rate)
+
+
+@pytest.mark.parametrize("cfg", [tiny(), tiny(num_codebooks=3), tiny(cosine_sim=False),
+                                 tiny(input="waveform", strides=(4, 4))])
+def test_encode_decode_consistent_in_eval(cfg):
+    torch.manual_seed(0)
+    m = build_tokenizer(cfg)
+    x = torch.randn(2, 1, 4000) * 0.1 if cfg.input == "waveform" else torch.randn(2, 80, 200)
+    m(x)  # one training forward: k-means init of the codebooks
+    m.eval()
+    with torch.no_grad():
+        out = m(x)
+        codes = m.encode(x)
+        # the fast nearest-code search gives the library's indices
+        assert torch.equal(codes, out.codes)
+        # quantized == get_output_from_indices(indices), and decode(encode(x)) is the eval reconstruction
+        z, n = (m._encode_latent(x) if cfg.input == "mel" else (m.encoder(m.pad_to_codes(x)).transpose(1, 2), 0))
+        q = m.quantizer(z)
+        torch.testing.assert_close(m.quantizer.decode(codes), q.quantized, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(m.decode(codes)[..., :x.shape[-1]], out.recon, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cfg", [tiny(num_codebooks=2), tiny(input="waveform", strides=(4, 4))])
+def test_chunked_encoding_equals_whole(cfg):
+    torch.manual_seed(0)
+    m = build_tokenizer(cfg).eval()
+    c = 1 if cfg.input == "waveform" else 80
+    x = np.random.default_rng(0).standard_normal((c, 5003 if c == 80 else 9001)).astype(np.float32)
+    whole = m.encode(torch.from_numpy(x)[None])[0].numpy()
+    blocks = [x[:, i:i + 777] for i in range(0, x.shape[1], 777)]
+    streamed = np.concatenate(list(m.encode_stream(blocks, chunk_codes=100)), axis=1)
+    assert streamed.shape == whole.shape
+    assert (streamed == whole).mean() > 0.999
+
+
+def test_receptive_field_within_context():
+    """Perturbing input further than `context_units` from a code must not change that code."""
+    torch.manual_seed(0)
+    m = build_tokenizer(tiny(downsample=2)).eval()
+    x = torch.randn(1, 80, 400)
+    with torch.no_grad():
+        base = m._encode_latent(x)[0]  # (1, T', C)
+        y = x.clone()
+        y[..., 300:] += 5.0
+        changed = ((m._encode_latent(y)[0] - base).abs().amax(-1) > 1e-6)[0].nonzero().flatten()
+    first = 300 // m.units_per_code
+    assert changed.numel() > 0
+    assert changed.min() >= first - m.context_units // m.units_per_code
+
+
+def test_training_lowers_loss_and_uses_codes(trained_tokenizer):
+    recs = [json.loads(ln) for ln in (trained_tokenizer / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r["split"] == "train"]
+    assert train[-1]["recon_loss"] < 0.35 * train[0]["recon_loss"]
+    assert train[-1]["usage"][0] > 50.0  # % of the 32 codes used in one batch
+    for name in ("config.json", "model.safetensors", "normalizer.json", "reconstruction.png", "codebook_usage.png"):
+        assert (trained_tokenizer / name).is_file()
+
+
+def test_save_load_round_trip(trained_tokenizer):
+    m = load_tokenizer(trained_tokenizer)
+    assert len(m.tokenizer_id) == 16
+    x = torch.randn(1, 40, 120)
+    m2 = load_tokenizer(trained_tokenizer)
+    assert torch.equal(m.encode(x), m2.encode(x))
+    assert not torch.equal(m.mel_mean, torch.zeros_like(m.mel_mean))  # normaliser restored
+
+
+def test_damaged_checkpoint_refused(tmp_path, trained_tokenizer):
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(trained_tokenizer, bad)
+    (bad / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_tokenizer(bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["format_version"] = 99
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="unknown format version 99"):
+        load_tokenizer(bad)
+
+
+def test_resume_continues_exactly(tmp_path, corpus):
+    common = TINY_TOKENIZER + ["train.steps=40", "train.checkpoint_every=20", "train.valid_every=20"]
+    run = load_config(TokenizerRunConfig, None, common)
+    train_tokenizer(run, corpus, tmp_path / "full", progress=False)
+    # stop after 17 steps (same 40-step schedule), then resume to 40
+    train_tokenizer(run, corpus, tmp_path / "resumed", progress=False, stop_at=17)
+    train_tokenizer(run, corpus, tmp_path / "resumed", resume=True, progress=False)
+    a = load_tokenizer(tmp_path / "full").state_dict()
+    b = load_tokenizer(tmp_path / "resumed").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
