@@ -27,6 +27,23 @@ from musetok.tokenizer.features import Featurizer
 log = logging.getLogger("musetok")
 
 
+def bound_malloc() -> None:
+    """Fix glibc's mmap threshold at 1 MiB. By default it rises after large blocks are freed, so the
+    multi-MB per-block arrays of a long file then come from the heap, which fragments: peak RSS grew
+    ~27% from a 1- to a 60-minute file; with the threshold fixed, ~13%. No-op off glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_init(_: int) -> None:
+    bound_malloc()
+    torch.set_num_threads(1)
+
+
 @dataclass
 class TokenizeResult:
     """Summary of one `tokenize` run."""
@@ -58,8 +75,6 @@ class ChunkStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        if info:
-            torch.set_num_threads(1)
         for i in range(wid, len(self.files), nw):
             units = 0
             try:
@@ -105,8 +120,10 @@ def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, work
 
     fz = Featurizer(model.cfg)
     stream = ChunkStream(corpus, [t[0] for t in todo], fz, chunk_codes * model.units_per_code, model.context_units)
+    bound_malloc()
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers if todo else 0,
-                                         prefetch_factor=4 if workers and todo else None)
+                                         prefetch_factor=4 if workers and todo else None,
+                                         worker_init_fn=_worker_init if workers and todo else None)
     device = next(model.parameters()).device
     # Decode workers own the other cores: one model thread per spare core avoids oversubscription.
     threads = torch.get_num_threads()
