@@ -53,7 +53,7 @@ def cmd_tokenize(a: argparse.Namespace) -> int:
     from musetok.tokenizer.encode_corpus import tokenize_corpus
 
     model = load_tokenizer(a.tokenizer, device=a.device)
-    r = tokenize_corpus(model, a.audio, a.out, workers=a.workers, progress=not a.quiet)
+    r = tokenize_corpus(model, a.audio, a.out, workers=a.workers, progress=not a.quiet, with_frames=a.with_frames)
     print(f"tokenize -> {a.out}: {r.summary()}")
     for path, why in sorted(r.failed.items()):
         print(f"  failed: {path}: {why}")
@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="token store folder (continued if it exists)")
     s.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="decode worker processes (default: one per core, at most 8; 0 decodes in-process)")
+    s.add_argument("--with-frames", action="store_true",
+                   help="also store normalised mel frames (input of the continuous baselines; ~50 MB/hour)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_tokenize)

@@ -4,6 +4,8 @@ Layout of a store folder:
 
     meta.json              kind, format_version, tokenizer_id, codebook_size, num_codebooks, frame_rate
     shards/<writer>-NNNNN.u16   raw uint16 codes, frame-major: T frames x K codebooks
+    shards/<writer>-NNNNN.f16   optional (`tokenize --with-frames`): float16 normalised mel frames,
+                                stacked to the code rate, T x frames_dim, aligned with the codes
     index.jsonl            one JSON object per file (see `StoreEntry`); parallel writers add
     index.<writer>.jsonl   their own index files, merged into index.jsonl when they finish
 
@@ -42,6 +44,7 @@ class StoreMeta:
     num_codebooks: int
     frame_rate: float
     sample_rate: int = 0
+    frames_dim: int = 0          # > 0: the store also holds mel frames (for the continuous baselines)
     audio_root: str = ""
     kind: str = "musetok-token-store"
     format_version: int = FORMAT_VERSION
@@ -49,7 +52,7 @@ class StoreMeta:
     layout: str = "frame-major (T, K)"
 
     def check_compatible(self, other: StoreMeta, where: str) -> None:
-        for key in ("tokenizer_id", "codebook_size", "num_codebooks", "frame_rate"):
+        for key in ("tokenizer_id", "codebook_size", "num_codebooks", "frame_rate", "frames_dim"):
             a, b = getattr(self, key), getattr(other, key)
             if a != b:
                 raise CheckpointError(f"{where}: {key} is {a!r} in the store but {b!r} for this tokenizer")
@@ -133,6 +136,7 @@ class TokenStore:
         self.items = sorted((e for e in entries.values() if e.status == "ok"), key=lambda e: e.path)
         self.failed = sorted((e for e in entries.values() if e.status != "ok"), key=lambda e: e.path)
         self._maps: dict[str, np.ndarray] = {}
+        self._frame_maps: dict[str, np.ndarray] = {}
         self._by_path = {e.path: i for i, e in enumerate(self.items)}
         for e in self.items:
             shard = self.root / SHARD_DIR / e.shard
@@ -140,6 +144,11 @@ class TokenStore:
             if not shard.is_file() or shard.stat().st_size < need:
                 raise CheckpointError(f"{shard}: shard is missing or shorter than its index says "
                                       f"(store {self.root} is damaged)")
+            if self.meta.frames_dim:
+                fshard = shard.with_suffix(".f16")
+                if not fshard.is_file() or fshard.stat().st_size < (e.offset + e.length) * self.meta.frames_dim * 2:
+                    raise CheckpointError(f"{fshard}: frames shard is missing or shorter than its index says "
+                                          f"(store {self.root} is damaged)")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -173,6 +182,22 @@ class TokenStore:
     def codes(self, i: int) -> np.ndarray:
         """All codes of item `i`: `(K, T)` uint16."""
         return self.window(i, 0, self.items[i].length)
+
+    @property
+    def has_frames(self) -> bool:
+        return self.meta.frames_dim > 0
+
+    def frames_window(self, i: int, start: int, length: int) -> np.ndarray:
+        """Mel frames `[start, start+length)` of item `i`: `(length, frames_dim)` float16 view."""
+        if not self.has_frames:
+            raise CheckpointError(f"{self.root}: store has no mel frames (tokenize it with --with-frames)")
+        e = self.items[i]
+        if e.shard not in self._frame_maps:
+            mm = np.memmap((self.root / SHARD_DIR / e.shard).with_suffix(".f16"), dtype=np.float16, mode="r")
+            self._frame_maps[e.shard] = mm.reshape(-1, self.meta.frames_dim)
+        start = max(0, min(start, e.length))
+        stop = min(e.length, start + length)
+        return self._frame_maps[e.shard][e.offset + start:e.offset + stop]
 
 
 class TokenStoreWriter:
@@ -213,9 +238,15 @@ class TokenStoreWriter:
                 ends[e.shard] = max(ends.get(e.shard, 0), e.offset + e.length)
         self.shard = mine[-1].name if mine else f"{self.name}-00000.u16"
         self.end = ends.get(self.shard, 0)
+        self._truncate()
+
+    def _truncate(self) -> None:
         path = self.root / SHARD_DIR / self.shard
         with open(path, "ab") as f:
             f.truncate(self.end * self.k * 2)
+        if self.meta.frames_dim:
+            with open(path.with_suffix(".f16"), "ab") as f:
+                f.truncate(self.end * self.meta.frames_dim * 2)
 
     def done(self, path: str, size: int, mtime_ns: int) -> bool:
         """Whether `path` is already in the store (ok or failed) with this size and mtime."""
@@ -229,18 +260,21 @@ class TokenStoreWriter:
             os.fsync(f.fileno())
         self.entries[entry.path] = entry
 
-    def add(self, path: str, codes: np.ndarray, duration: float, size: int, mtime_ns: int) -> StoreEntry:
-        """Append one file's codes `(K, T)` and index them."""
+    def add(self, path: str, codes: np.ndarray, duration: float, size: int, mtime_ns: int,
+            frames: np.ndarray | None = None) -> StoreEntry:
+        """Append one file's codes `(K, T)` (and mel frames `(T, frames_dim)` if the store keeps them)."""
         if codes.shape[0] != self.k:
             raise ValueError(f"{path}: codes have {codes.shape[0]} codebooks, the store {self.k}")
+        if self.meta.frames_dim and (frames is None or frames.shape != (codes.shape[1], self.meta.frames_dim)):
+            raise ValueError(f"{path}: the store keeps frames of {self.meta.frames_dim} per code frame; got "
+                             f"{None if frames is None else frames.shape}")
         if self.end + codes.shape[1] > self.shard_frames and self.end > 0:
             n = int(self.shard.rsplit("-", 1)[1].split(".")[0]) + 1
             self.shard, self.end = f"{self.name}-{n:05d}.u16", 0
-        frames = np.ascontiguousarray(codes.T.astype(np.uint16))  # (T, K)
-        with open(self.root / SHARD_DIR / self.shard, "ab") as f:
-            f.write(frames.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
+        shard = self.root / SHARD_DIR / self.shard
+        if self.meta.frames_dim:
+            _append(shard.with_suffix(".f16"), np.ascontiguousarray(frames, dtype=np.float16))
+        _append(shard, np.ascontiguousarray(codes.T.astype(np.uint16)))  # (T, K)
         entry = StoreEntry(path, "ok", self.shard, self.end, codes.shape[1], duration, size, mtime_ns)
         self._append_index(entry)
         self.end += codes.shape[1]
@@ -250,6 +284,13 @@ class TokenStoreWriter:
         entry = StoreEntry(path, "failed", size=size, mtime_ns=mtime_ns, reason=reason)
         self._append_index(entry)
         return entry
+
+
+def _append(path: Path, array: np.ndarray) -> None:
+    with open(path, "ab") as f:
+        f.write(array.tobytes())
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def merge_indexes(root: str | Path) -> int:

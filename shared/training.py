@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -11,6 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+
+def split_files(files: list[str], valid_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic split by file (hash of path and seed). Keeps at least one file on each side
+    when there are two or more files."""
+    def h(p: str) -> float:
+        return int(hashlib.sha1(f"{seed}:{p}".encode()).hexdigest()[:8], 16) / 16**8
+    valid = [f for f in files if h(f) < valid_fraction]
+    train = [f for f in files if h(f) >= valid_fraction]
+    if len(files) >= 2 and valid_fraction > 0 and not valid:
+        valid = [min(train, key=h)]
+        train.remove(valid[0])
+    if not train:
+        train, valid = valid, []
+    return train, valid
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int, min_ratio: float = 0.1) -> float:

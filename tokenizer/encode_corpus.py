@@ -91,7 +91,7 @@ class ChunkStream(torch.utils.data.IterableDataset):
 
 def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, workers: int = 1,
                     chunk_codes: int = 2048, progress: bool = True, writer_name: str = "main",
-                    files: list[str] | None = None) -> TokenizeResult:
+                    files: list[str] | None = None, with_frames: bool = False) -> TokenizeResult:
     """Encode every audio file under `audio` (folder or manifest) into the store at `store`.
 
     Args:
@@ -102,12 +102,17 @@ def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, work
         chunk_codes: code frames encoded per model call; bounds memory for long files.
         writer_name: keeps shards/indexes of parallel writers apart.
         files: restrict to these relative paths (used to shard a corpus across processes).
+        with_frames: also store normalised mel frames at the code rate (mel tokenizers only), the input
+            of the continuous baselines (`masked_frames`, `next_frames`).
     """
+    if with_frames and model.cfg.input != "mel":
+        raise ValueError("--with-frames needs a mel tokenizer")
     t0 = time.time()
     corpus = list_audio(audio)
     meta = StoreMeta(tokenizer_id=getattr(model, "tokenizer_id", ""), codebook_size=model.codebook_size,
                      num_codebooks=model.num_codebooks, frame_rate=model.frame_rate,
-                     sample_rate=model.sample_rate, audio_root=str(Path(corpus.root).resolve()))
+                     sample_rate=model.sample_rate, frames_dim=model.frames_dim if with_frames else 0,
+                     audio_root=str(Path(corpus.root).resolve()))
     writer = TokenStoreWriter(store, meta, name=writer_name)
     todo, skipped = [], 0
     for rel in (corpus.files if files is None else files):
@@ -130,6 +135,7 @@ def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, work
     if workers and device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
     pending: dict[int, list[np.ndarray]] = {}
+    pending_frames: dict[int, list[np.ndarray]] = {}
     bar = tqdm(total=len(todo), desc="tokenize", unit="file", disable=not progress)
     with torch.inference_mode():
         for item in loader:
@@ -141,16 +147,21 @@ def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, work
                 c0 = left // model.units_per_code
                 c1 = c0 + -(-n_core // model.units_per_code)
                 pending.setdefault(i, []).append(codes[:, c0:c1].cpu().numpy())
+                if with_frames:
+                    core = chunk[:, left:left + n_core].numpy()
+                    pending_frames.setdefault(i, []).append(model.stacked_frames(core))
                 continue
             _, _, seconds, error = item
             rel, size, mtime = todo[i]
             parts = pending.pop(i, [])
+            frames = pending_frames.pop(i, [])
             if error:
                 writer.fail(rel, error, size, mtime)
                 result.failed[rel] = error
                 log.warning("failed: %s: %s", rel, error)
             else:
-                writer.add(rel, np.concatenate(parts, axis=1), seconds, size, mtime)
+                writer.add(rel, np.concatenate(parts, axis=1), seconds, size, mtime,
+                           np.concatenate(frames) if with_frames else None)
                 result.encoded += 1
                 result.audio_seconds += seconds
             result.wall_seconds = time.time() - t0

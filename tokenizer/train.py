@@ -31,10 +31,11 @@ from musetok.shared.training import (
     seed_everything,
     set_lr,
     set_rng_state,
+    split_files,
 )
 from musetok.tokenizer.builder import build_tokenizer, save_tokenizer
 from musetok.tokenizer.config import TokenizerConfig
-from musetok.tokenizer.data import BatchDataset, SegmentSource, split_files
+from musetok.tokenizer.data import BatchDataset, SegmentSource
 from musetok.tokenizer.features import Featurizer
 
 log = logging.getLogger("musetok")

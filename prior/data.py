@@ -1,0 +1,57 @@
+"""Training windows for the prior, read from the token store's memmaps (never the whole corpus).
+
+Batch `s` is a pure function of (seed, s): runs are reproducible and `--resume` is exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from musetok.prior.objectives import Batch
+from musetok.shared.token_store import TokenStore
+
+
+class WindowSource:
+    """Random windows of up to `max_len` frames from the given store items (codes or mel frames)."""
+
+    def __init__(self, store: TokenStore, items: list[int], max_len: int, frames: bool):
+        self.store, self.items, self.max_len, self.frames = store, items, max_len, frames
+        self.lengths = np.array([store.items[i].length for i in items], dtype=np.int64)
+        if frames and not store.has_frames:
+            raise ValueError(f"{store.root}: continuous objectives need mel frames in the store "
+                             "(run `musetok tokenize --with-frames`)")
+
+    @property
+    def frames_total(self) -> int:
+        return int(self.lengths.sum())
+
+    def batch(self, seed: int, step: int, batch_size: int) -> Batch:
+        rng = np.random.default_rng([seed, step])
+        pick = rng.choice(len(self.items), size=batch_size, p=self.lengths / self.lengths.sum())
+        lens = np.minimum(self.lengths[pick], self.max_len)
+        t = int(lens.max())
+        if self.frames:
+            x = np.zeros((batch_size, t, self.store.meta.frames_dim), np.float32)
+        else:
+            x = np.zeros((batch_size, self.store.meta.num_codebooks, t), np.int64)
+        for b, (j, n) in enumerate(zip(pick, lens)):
+            start = int(rng.integers(0, self.lengths[j] - n + 1))
+            if self.frames:
+                x[b, :n] = self.store.frames_window(self.items[j], start, n)
+            else:
+                x[b, :, :n] = self.store.window(self.items[j], start, n)
+        return Batch(torch.from_numpy(x), torch.from_numpy(lens))
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Map-style over step numbers so DataLoader workers build batches in parallel."""
+
+    def __init__(self, source: WindowSource, seed: int, batch_size: int, start: int, stop: int):
+        self.source, self.seed, self.batch_size, self.start, self.stop = source, seed, batch_size, start, stop
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def __getitem__(self, i):
+        return self.source.batch(self.seed, self.start + i, self.batch_size)

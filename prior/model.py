@@ -1,0 +1,163 @@
+"""The prior: one pre-LayerNorm transformer with rotary positions, over code frames or mel frames.
+
+Inputs are either K code streams `(B, K, T)` (the K embeddings of a frame are summed) or normalised
+mel frames `(B, T, F)` through a linear projection; the same blocks serve all four objectives, so the
+discrete and continuous routes are compared on one backbone. Attention is
+`F.scaled_dot_product_attention` (flash / memory-efficient kernels on a GPU); `causal` comes from
+the objective. Discrete outputs are weight-tied to the code embeddings, one head per codebook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from musetok.prior.config import PriorConfig
+
+
+@dataclass
+class PriorOutput:
+    """hidden: final normalised states `(B, T, D)`; hidden_states: per layer `(B, T, D)`, the input
+    embedding first, then each block's output (only when asked for)."""
+
+    hidden: torch.Tensor
+    hidden_states: list[torch.Tensor] | None = None
+
+
+def rotary_tables(max_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    ang = torch.outer(torch.arange(max_len).float(), inv)  # (T, hd/2)
+    return ang.cos(), ang.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x `(B, H, T, hd)`; rotate pairs (first half, second half) by position-dependent angles."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: PriorConfig):
+        super().__init__()
+        self.heads, self.dropout = cfg.heads, cfg.dropout
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.out = nn.Linear(cfg.dim, cfg.dim)
+
+    def forward(self, x, cos, sin, attn_mask, causal):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal and attn_mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: PriorConfig):
+        super().__init__()
+        hidden = int(cfg.dim * cfg.mlp_ratio)
+        self.swiglu = cfg.mlp == "swiglu"
+        if self.swiglu:
+            hidden = int(2 * hidden / 3)
+            self.gate = nn.Linear(cfg.dim, hidden, bias=False)
+        self.up = nn.Linear(cfg.dim, hidden)
+        self.down = nn.Linear(hidden, cfg.dim)
+
+    def forward(self, x):
+        h = self.up(x)
+        h = F.silu(self.gate(x)) * h if self.swiglu else F.gelu(h, approximate="tanh")
+        return self.down(h)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: PriorConfig):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
+        self.attn, self.mlp = Attention(cfg), MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, attn_mask, causal):
+        x = x + self.drop(self.attn(self.ln1(x), cos, sin, attn_mask, causal))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class Prior(nn.Module):
+    def __init__(self, cfg: PriorConfig):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.discrete:
+            if cfg.codebook_size < 2:
+                raise ValueError("PriorConfig.codebook_size must be set (from the token store)")
+            # one extra row per table: the [MASK] code
+            self.embed = nn.ModuleList(nn.Embedding(cfg.codebook_size + 1, cfg.dim)
+                                       for _ in range(cfg.num_codebooks))
+            self.head_bias = nn.Parameter(torch.zeros(cfg.num_codebooks, cfg.codebook_size))
+        else:
+            if cfg.frame_dim < 1:
+                raise ValueError("PriorConfig.frame_dim must be set (from the token store's frames)")
+            self.proj_in = nn.Linear(cfg.frame_dim, cfg.dim)
+            self.head = nn.Linear(cfg.dim, cfg.frame_dim)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.dim)
+        cos, sin = rotary_tables(cfg.max_len, cfg.dim // cfg.heads, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    @property
+    def mask_id(self) -> int:
+        return self.cfg.codebook_size
+
+    @property
+    def layer_names(self) -> list[str]:
+        return ["input"] + [f"layer{i + 1}" for i in range(self.cfg.layers)]
+
+    def embed_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """codes `(B, K, T)` long or frames `(B, T, F)` float -> `(B, T, D)`."""
+        if self.cfg.discrete:
+            return sum(emb(x[:, k]) for k, emb in enumerate(self.embed))
+        return self.proj_in(x)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, output_hidden_states: bool = False
+                ) -> PriorOutput:
+        """x: codes `(B, K, T)` or frames `(B, T, F)`, T <= max_len; valid: `(B, T)` bool, False on padding."""
+        h = self.embed_inputs(x)  # (B, T, D)
+        t = h.shape[1]
+        if t > self.cfg.max_len:
+            raise ValueError(f"sequence of {t} frames is longer than the prior's max_len {self.cfg.max_len}")
+        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        attn_mask = None
+        if valid is not None and not bool(valid.all()):
+            attn_mask = valid[:, None, None, :]  # (B, 1, 1, T): keys that may be attended to
+            if self.cfg.causal:
+                attn_mask = attn_mask & torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
+        states = [h] if output_hidden_states else None
+        for block in self.blocks:
+            h = block(h, cos, sin, attn_mask, self.cfg.causal)
+            if states is not None:
+                states.append(h)
+        return PriorOutput(self.norm(h), states)
+
+    def code_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Normalised states `(..., D)` -> logits `(..., K, V)`, tied to the code embeddings."""
+        w = torch.stack([emb.weight[: self.cfg.codebook_size] for emb in self.embed])  # (K, V, D)
+        return torch.einsum("...d,kvd->...kv", h, w) + self.head_bias
+
+    def frame_prediction(self, h: torch.Tensor) -> torch.Tensor:
+        """Normalised states `(..., D)` -> frames `(..., F)`."""
+        return self.head(h)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
