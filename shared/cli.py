@@ -78,6 +78,43 @@ def cmd_decode(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(a: argparse.Namespace) -> int:
+    from musetok.prior.train import PriorRunConfig, load_run_config, train_prior
+    from musetok.shared.config import apply_override, from_dict, load_config, to_dict
+
+    if a.resume:
+        d = to_dict(load_run_config(a.out))
+        for item in a.overrides:
+            apply_override(d, item)
+        run = from_dict(PriorRunConfig, d)
+    else:
+        run = load_config(PriorRunConfig, a.config, a.overrides, kind="prior")
+    r = train_prior(run, a.store, a.out, resume=a.resume, progress=not a.quiet)
+    extra = f", accuracy {r.valid_accuracy:.3f}, perplexity {r.valid_perplexity:.2f}" if r.valid_accuracy is not None \
+        else ""
+    print(f"prior ({run.model.objective}) -> {r.out}: {r.steps} steps, valid loss {r.valid_loss:.4f}{extra}")
+    return 0
+
+
+def cmd_embed(a: argparse.Namespace) -> int:
+    from musetok.prior.embed import Embedder, embed_corpus
+
+    if (a.audio is None) == (a.store is None):
+        raise FileNotFoundError("give exactly one of --audio or --store")
+    emb = Embedder.from_pretrained(a.tokenizer, a.prior, device=a.device, batch_size=a.batch_size)
+    try:
+        r = embed_corpus(emb, a.out, audio=a.audio, store=a.store, layers=a.layers, pool=a.pool, fmt=a.format,
+                         progress=not a.quiet)
+    except ValueError as e:
+        raise FileNotFoundError(str(e)) from None
+    print(f"embed -> {r.array_path} {list(r.shape)} + {r.index_path}: {r.count} clips, "
+          f"{r.audio_seconds / 3600:.3f} h in {r.wall_seconds:.1f} s ({r.realtime_factor:.0f}x real time), "
+          f"{len(r.failed)} failed")
+    for path, why in sorted(r.failed.items()):
+        print(f"  failed: {path}: {why}")
+    return 1 if r.failed else 0
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     from musetok.shared.token_store import TokenStore
 
@@ -131,6 +168,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--item", required=True, help="item number or relative path")
     s.add_argument("--out", required=True, help="output audio file (.wav or .flac)")
     s.set_defaults(fn=cmd_decode)
+
+    s = sub.add_parser("pretrain", help="train the transformer prior on a token store")
+    _add_config_args(s, "small")
+    s.add_argument("--store", required=True, help="token store folder (from `musetok tokenize`)")
+    s.add_argument("--out", required=True, help="output folder for the prior")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_pretrain)
+
+    s = sub.add_parser("embed", help="embed clips with a trained tokenizer + prior")
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--prior", required=True)
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--audio", help="audio folder or manifest CSV")
+    src.add_argument("--store", help="an existing token store (skips tokenizing)")
+    s.add_argument("--out", required=True, help="output path; writes OUT.npy (or .npz) and OUT.csv")
+    s.add_argument("--layers", default="all", help="all | last | comma-separated numbers or names (default all)")
+    s.add_argument("--pool", choices=["mean", "none"], default="mean",
+                   help="mean over time -> [N, L, D]; none keeps frames -> [frames, L, D] (default mean)")
+    s.add_argument("--format", choices=["npy", "npz"], default="npy")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_embed)
 
     s = sub.add_parser("info", help="summarise a token store")
     s.add_argument("store")
