@@ -28,31 +28,46 @@ class PriorOutput:
 
 
 def rotary_tables(max_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin `(T, hd)`, each half-table repeated so rotation is two multiplies and an add."""
     inv = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
     ang = torch.outer(torch.arange(max_len).float(), inv)  # (T, hd/2)
+    ang = torch.cat([ang, ang], dim=-1)  # (T, hd)
     return ang.cos(), ang.sin()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x `(B, H, T, hd)`; rotate pairs (first half, second half) by position-dependent angles."""
+    """x `(..., T, hd)`: rotate pairs (i, i + hd/2) by position-dependent angles (GPT-NeoX layout)."""
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: PriorConfig):
         super().__init__()
         self.heads, self.dropout = cfg.heads, cfg.dropout
-        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
-        self.out = nn.Linear(cfg.dim, cfg.dim)
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, attn_mask, causal):
+    def forward(self, x, cos, sin, attn_mask, causal, q_index=None):
+        """x `(B, T, D)` -> `(B, T, D)`; with q_index `(B, N)`, only those query positions -> `(B, N, D)`."""
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal and attn_mask is None,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(b, t, d))
+        hd = d // self.heads
+        dropout = self.dropout if self.training else 0.0
+        if q_index is None:
+            qkv = self.qkv(x).view(b, t, 3, self.heads, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
+            q, k = apply_rotary(qkv[:2], cos, sin)  # q and k in one pass
+            y = F.scaled_dot_product_attention(q, k, qkv[2], attn_mask=attn_mask,
+                                               is_causal=causal and attn_mask is None, dropout_p=dropout)
+            return self.out(y.transpose(1, 2).reshape(b, t, d))
+        w_q, w_kv = self.qkv.weight[:d], self.qkv.weight[d:]
+        n = q_index.shape[1]
+        xq = x.gather(1, q_index[..., None].expand(b, n, d))  # (B, N, D)
+        q = F.linear(xq, w_q).view(b, n, self.heads, hd).transpose(1, 2)  # (B, H, N, hd)
+        q = apply_rotary(q, cos[q_index][:, None], sin[q_index][:, None])
+        kv = F.linear(x, w_kv).view(b, t, 2, self.heads, hd).permute(2, 0, 3, 1, 4)  # (2, B, H, T, hd)
+        k = apply_rotary(kv[0], cos, sin)
+        y = F.scaled_dot_product_attention(q, k, kv[1], attn_mask=attn_mask, dropout_p=dropout)
+        return self.out(y.transpose(1, 2).reshape(b, n, d))
 
 
 class MLP(nn.Module):
@@ -63,12 +78,13 @@ class MLP(nn.Module):
         if self.swiglu:
             hidden = int(2 * hidden / 3)
             self.gate = nn.Linear(cfg.dim, hidden, bias=False)
-        self.up = nn.Linear(cfg.dim, hidden)
-        self.down = nn.Linear(hidden, cfg.dim)
+        self.up = nn.Linear(cfg.dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, cfg.dim, bias=False)
 
     def forward(self, x):
         h = self.up(x)
-        h = F.silu(self.gate(x)) * h if self.swiglu else F.gelu(h, approximate="tanh")
+        # exact GELU: on CPU it ran 2x faster than the tanh approximation (fwd + bwd)
+        h = F.silu(self.gate(x)) * h if self.swiglu else F.gelu(h)
         return self.down(h)
 
 
@@ -79,8 +95,19 @@ class Block(nn.Module):
         self.attn, self.mlp = Attention(cfg), MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, attn_mask, causal):
-        x = x + self.drop(self.attn(self.ln1(x), cos, sin, attn_mask, causal))
+    def forward(self, x, cos, sin, attn_mask, causal, keep=None):
+        """keep `(B, T)` bool: compute and return only those positions, `(N, D)` in `x[keep]` order."""
+        if keep is None:
+            x = x + self.drop(self.attn(self.ln1(x), cos, sin, attn_mask, causal))
+        elif causal:  # (padded causal batches) attention for all queries, MLP only where kept
+            x = (x + self.drop(self.attn(self.ln1(x), cos, sin, attn_mask, causal)))[keep]
+        else:  # bidirectional: queries only at kept positions, padded per row to the longest row
+            counts = keep.sum(1)
+            n = int(counts.max())
+            order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :n]  # kept positions first
+            q_valid = torch.arange(n, device=x.device)[None] < counts[:, None]  # (B, N)
+            xq = x.gather(1, order[..., None].expand(-1, -1, x.shape[-1]))
+            x = (xq + self.drop(self.attn(self.ln1(x), cos, sin, attn_mask, causal, order)))[q_valid]
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
@@ -130,9 +157,14 @@ class Prior(nn.Module):
             return sum(emb(x[:, k]) for k, emb in enumerate(self.embed))
         return self.proj_in(x)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, output_hidden_states: bool = False
-                ) -> PriorOutput:
-        """x: codes `(B, K, T)` or frames `(B, T, F)`, T <= max_len; valid: `(B, T)` bool, False on padding."""
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, output_hidden_states: bool = False,
+                keep: torch.Tensor | None = None) -> PriorOutput:
+        """x: codes `(B, K, T)` or frames `(B, T, F)`, T <= max_len; valid: `(B, T)` bool, False on padding.
+
+        keep: `(B, T)` bool. When only some positions are scored (masked objectives), the last block's
+        MLP runs on those alone (~12% less matmul work at a 30% mask rate) and `hidden` is `(N, D)`
+        for the kept positions, in `x[keep]` order.
+        """
         h = self.embed_inputs(x)  # (B, T, D)
         t = h.shape[1]
         if t > self.cfg.max_len:
@@ -144,8 +176,9 @@ class Prior(nn.Module):
             if self.cfg.causal:
                 attn_mask = attn_mask & torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
         states = [h] if output_hidden_states else None
-        for block in self.blocks:
-            h = block(h, cos, sin, attn_mask, self.cfg.causal)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            h = block(h, cos, sin, attn_mask, self.cfg.causal, keep if i == last else None)
             if states is not None:
                 states.append(h)
         return PriorOutput(self.norm(h), states)

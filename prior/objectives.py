@@ -55,7 +55,7 @@ def compute_loss(model: Prior, batch: Batch, generator: torch.Generator) -> Loss
         else:
             inp = corrupt_frames(x.cpu(), mask, generator).to(dev)
         mask = mask.to(dev)
-        h = model(inp, valid).hidden[mask]  # (N, D): only masked frames are predicted
+        h = model(inp, valid, keep=mask).hidden  # (N, D): only masked frames are predicted
         if cfg.discrete:
             return _code_loss(model, h, x.permute(0, 2, 1)[mask])
         return LossOutput(F.l1_loss(model.frame_prediction(h), x[mask]), int(mask.sum()))
@@ -67,7 +67,8 @@ def compute_loss(model: Prior, batch: Batch, generator: torch.Generator) -> Loss
     else:
         inp, target = x[:, :-shift], x[:, shift:]
     valid = _valid(lengths - shift, target.shape[1])
-    h = model(inp, valid).hidden[valid]
+    h = model(inp, valid, keep=valid if not bool(valid.all()) else None).hidden
+    h = h if h.dim() == 2 else h.reshape(-1, h.shape[-1])  # (N, D), in valid order
     if cfg.discrete:
         return _code_loss(model, h, target[valid])
     return LossOutput(F.l1_loss(model.frame_prediction(h), target[valid]), int(valid.sum()))

@@ -233,3 +233,19 @@ def test_cli_pretrain_and_embed(tmp_path, store, trained_tokenizer, corpus):
     rows = list(csv.DictReader(open(tmp_path / "f.csv")))
     assert z["embeddings"].shape == (sum(int(r["frames"]) for r in rows), 1, 64)
     assert list(z["layers"]) == ["layer2"]
+
+
+@pytest.mark.parametrize("objective", ["mlm", "ar"])
+def test_keep_computes_exactly_the_kept_positions(objective):
+    """The pruned last block (queries/MLP only at scored positions) equals the full model there."""
+    torch.manual_seed(0)
+    model = Prior(cfg(objective=objective)).eval()
+    x = torch.randint(0, 16, (3, 2, 40))
+    keep = torch.rand(3, 40) < 0.3
+    valid = torch.ones(3, 40, dtype=torch.bool)
+    valid[2, 30:] = False
+    keep &= valid
+    with torch.no_grad():
+        full = model(x, valid).hidden[keep]
+        part = model(x, valid, keep=keep).hidden
+    torch.testing.assert_close(part, full, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,182 @@
+"""Stage-2 benchmark: prior training throughput vs Hugging Face BERT and GPT-2, and embedding speed.
+
+    python benchmarks/bench_prior.py [--rounds 5] [--steps 5]
+
+Same width / depth / heads / sequence / batch for every model (default hidden 256, 4 layers,
+4 heads, seq 512, batch 8, vocabulary 512, fp32, no dropout, fused AdamW for all). Models are
+timed in interleaved rounds (A B C D A B C D ...) so machine noise hits all alike; the median step
+time per model is reported, as training tokens per second and as a fraction of this machine's fp32
+matmul peak measured in the same run. FLOPs per token use nanoGPT's estimate for every model:
+6 * (transformer-block parameters) + 12 * layers * seq * hidden.
+
+Then embedding throughput (audio seconds per wall second: tokenize + prior) of the `small`
+configs on synthetic music.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from musetok.prior.config import PriorConfig
+from musetok.prior.model import Prior
+from musetok.prior.objectives import Batch, compute_loss
+from musetok.shared.training import make_optimizer
+
+
+def matmul_peak(n: int = 1024, reps: int = 20) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 * reps / best
+
+
+def block_params(model: torch.nn.Module, names: tuple[str, ...]) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if any(k in n for k in names))
+
+
+def make_runners(args):
+    v, d, l, h, t, b = args.vocab, args.hidden, args.layers, args.heads, args.seq, args.batch
+    codes = torch.randint(0, v, (b, 1, t))
+    runners = {}
+
+    for objective in ("mlm", "ar"):
+        cfg = PriorConfig(objective=objective, dim=d, layers=l, heads=h, max_len=t, codebook_size=v, num_codebooks=1)
+        model = Prior(cfg)
+        opt = make_optimizer(model, 1e-4, 0.1)
+        batch = Batch(codes, torch.full((b,), t))
+
+        def step(model=model, opt=opt, batch=batch, i=[0]):  # noqa: B006 - a step counter
+            i[0] += 1
+            o = compute_loss(model, batch, torch.Generator().manual_seed(i[0]))
+            o.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        runners[f"musetok {objective}"] = (step, block_params(model, ("blocks.",)))
+
+    try:
+        from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        print("transformers not installed (pip install -e '.[bench]'): skipping the Hugging Face models")
+        return runners
+    ids = codes[:, 0]
+    bert = BertForMaskedLM(BertConfig(vocab_size=v + 1, hidden_size=d, num_hidden_layers=l, num_attention_heads=h,
+                                      intermediate_size=4 * d, max_position_embeddings=t, hidden_dropout_prob=0.0,
+                                      attention_probs_dropout_prob=0.0, attn_implementation="sdpa"))
+    labels = ids.clone()
+    labels[torch.rand(ids.shape) > 0.3] = -100
+    gpt = GPT2LMHeadModel(GPT2Config(vocab_size=v, n_embd=d, n_layer=l, n_head=h, n_positions=t, resid_pdrop=0.0,
+                                     embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa"))
+    for name, model, kw, prefix in (("HF BertForMaskedLM", bert, {"labels": labels}, "encoder.layer."),
+                                    ("HF GPT2LMHeadModel", gpt, {"labels": ids}, "transformer.h.")):
+        model.train()
+        opt = make_optimizer(model, 1e-4, 0.1)
+
+        def step(model=model, opt=opt, kw=kw):
+            out = model(input_ids=ids, **kw)
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        runners[name] = (step, block_params(model, (prefix,)))
+    return runners
+
+
+def bench_training(args) -> None:
+    torch.set_num_threads(args.threads)
+    peak = matmul_peak()
+    runners = make_runners(args)
+    tokens = args.batch * args.seq
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for fn, _ in runners.values():  # warm-up
+        fn()
+        fn()
+    for _ in range(args.rounds):
+        for name, (fn, _) in runners.items():
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                fn()
+            times[name].append((time.perf_counter() - t) / args.steps)
+    peak2 = matmul_peak()
+    peak = max(peak, peak2)
+    print(f"\nfp32 matmul peak on {args.threads} threads: {peak / 1e9:.1f} GFLOP/s "
+          f"(best of before/after the run)")
+    print(f"config: hidden {args.hidden}, {args.layers} layers, {args.heads} heads, seq {args.seq}, "
+          f"batch {args.batch}, "
+          f"vocab {args.vocab}; median of {args.rounds} rounds x {args.steps} steps\n")
+    print(f"{'model':24s} {'ms/step':>9s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'of peak':>8s}")
+    results = {}
+    for name, (_, n_block) in runners.items():
+        s = statistics.median(times[name])
+        flops = (6 * n_block + 12 * args.layers * args.seq * args.hidden) * tokens / s
+        results[name] = tokens / s
+        print(f"{name:24s} {s * 1e3:9.1f} {tokens / s:10.0f} {flops / 1e9:9.1f} {flops / peak:8.1%}")
+    hf = [v for k, v in results.items() if k.startswith("HF")]
+    if hf:
+        best_hf = max(hf)
+        for name in ("musetok mlm", "musetok ar"):
+            print(f"{name} / faster HF model: {results[name] / best_hf:.2f}x  (target >= 1.1x)")
+
+
+def bench_embedding() -> None:
+    from musetok.prior.embed import Embedder
+    from musetok.prior.train import PriorRunConfig, build_prior_for_store
+    from musetok.shared.config import load_config
+    from musetok.shared.demo_corpus import DemoCorpusConfig, make_demo_corpus
+    from musetok.shared.token_store import StoreMeta
+    from musetok.tokenizer.builder import build_tokenizer
+    from musetok.tokenizer.train import TokenizerRunConfig
+
+    torch.set_num_threads(2)
+    tmp = Path(tempfile.mkdtemp(prefix="musetok-bench-"))
+    make_demo_corpus(tmp / "audio", DemoCorpusConfig(pieces=24, seconds=20.0))
+    tok = build_tokenizer(load_config(TokenizerRunConfig, "small", kind="tokenizer").model).eval()
+    tok.tokenizer_id = "bench"
+
+    class _Store:  # the prior only needs the store's metadata to size itself
+        meta = StoreMeta("bench", tok.codebook_size, tok.num_codebooks, tok.frame_rate, frames_dim=tok.frames_dim)
+    prior = build_prior_for_store(load_config(PriorRunConfig, "small", kind="prior").model, _Store()).eval()
+    emb = Embedder(tok, prior)
+    files = sorted((tmp / "audio").rglob("*.wav"))
+    t = time.time()
+    total = 0.0
+    for f in files:
+        e = emb.embed_file(f)
+        total += e.num_frames / e.frame_rate
+    dt = time.time() - t
+    print(f"\nembedding (small tokenizer + small prior, audio -> codes -> prior, one file at a time): "
+          f"{total:.0f} s of audio in {dt:.1f} s = {total / dt:.0f}x real time")
+    _ = np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-embedding", action="store_true")
+    args = ap.parse_args()
+    bench_training(args)
+    if not args.skip_embedding:
+        bench_embedding()
+
+
+if __name__ == "__main__":
+    main()
