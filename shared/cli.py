@@ -115,6 +115,50 @@ def cmd_embed(a: argparse.Namespace) -> int:
     return 1 if r.failed else 0
 
 
+def cmd_make_demo_corpus(a: argparse.Namespace) -> int:
+    from musetok.shared.demo_corpus import DemoCorpusConfig, make_demo_corpus
+
+    labels = make_demo_corpus(a.out, DemoCorpusConfig(pieces=a.pieces, seconds=a.seconds, seed=a.seed))
+    print(f"demo corpus: {a.pieces} pieces of {a.seconds:g} s -> {a.out} (labels: {labels})")
+    return 0
+
+
+def cmd_probe(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from musetok.shared.baselines import HANDCRAFTED, handcrafted_features
+    from musetok.shared.evaluate import FeatureSet, format_table, load_embeddings, run_probes
+    from musetok.shared.probe import read_labels
+
+    sets = []
+    for spec in a.embeddings:
+        name, _, path = spec.rpartition("=")
+        sets.append(load_embeddings(path, name or None))
+    base = [b for b in a.baselines.split(",") if b] if a.baselines else []
+    unknown = [b for b in base if b not in HANDCRAFTED]
+    if unknown:
+        raise FileNotFoundError(f"--baselines: unknown baseline '{unknown[0]}' (known: {', '.join(HANDCRAFTED)})")
+    if base:
+        labels = read_labels(a.labels, a.column, a.task)
+        root = Path(a.audio) if a.audio else Path(a.labels).parent
+        feats = handcrafted_features([root / p for p in labels.paths], a.sample_rate, tuple(base))
+        sets += [FeatureSet(k, v, labels.paths, [k]) for k, v in feats.items()]
+    if not sets:
+        raise FileNotFoundError("nothing to probe: give --embeddings and/or --baselines")
+    results = run_probes(sets, a.labels, [(a.column, a.task)], a.out, seed=a.seed,
+                         probes=tuple(a.probes.split(",")))
+    print("\n" + format_table(results))
+    print(f"\nresults, plots and the run record are in {a.out}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from musetok.shared.demo import run_demo
+
+    run_demo(a.out, quick=a.quick, seed=a.seed, progress=not a.quiet)
+    return 0
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     from musetok.shared.token_store import TokenStore
 
@@ -193,6 +237,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_embed)
 
+    s = sub.add_parser("probe", help="probe embeddings (and baselines) on a labelled set")
+    s.add_argument("--labels", required=True, help="CSV with path,<column>[,split][,group]")
+    s.add_argument("--column", default="label", help="label column (default 'label')")
+    s.add_argument("--task", default="auto", choices=["auto", "classification", "multilabel", "regression", "key"])
+    s.add_argument("--embeddings", action="append", default=[], metavar="[NAME=]EMB.npy",
+                   help="output of `musetok embed` (mean-pooled); repeatable")
+    s.add_argument("--baselines", default="", help="comma-separated: mfcc,logmel,chroma (computed from audio)")
+    s.add_argument("--audio", help="folder the labels' paths are relative to (default: the labels' folder)")
+    s.add_argument("--sample-rate", type=int, default=22050, help="rate for the hand-crafted baselines")
+    s.add_argument("--probes", default="linear,mlp")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_probe)
+
+    s = sub.add_parser("make-demo-corpus", help="synthesise the labelled demo corpus")
+    s.add_argument("--out", required=True)
+    s.add_argument("--pieces", type=int, default=160)
+    s.add_argument("--seconds", type=float, default=8.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_make_demo_corpus)
+
+    s = sub.add_parser("demo", help="the whole pipeline on the demo corpus, with every baseline")
+    s.add_argument("--out", default="demo-out")
+    s.add_argument("--quick", action="store_true", help="a ~1-minute smoke version")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true", help="no progress bars (stage lines stay)")
+    s.set_defaults(fn=cmd_demo)
+
     s = sub.add_parser("info", help="summarise a token store")
     s.add_argument("store")
     s.set_defaults(fn=cmd_info)
@@ -208,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except (ConfigError, CheckpointError, AudioError, FileNotFoundError, IndexError, KeyError) as e:
+    except (ConfigError, CheckpointError, AudioError, FileNotFoundError, IndexError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"musetok {args.command}: error: {msg}", file=sys.stderr)
         return 2

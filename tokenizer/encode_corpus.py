@@ -28,9 +28,10 @@ log = logging.getLogger("musetok")
 
 
 def bound_malloc() -> None:
-    """Fix glibc's mmap threshold at 1 MiB. By default it rises after large blocks are freed, so the
-    multi-MB per-block arrays of a long file then come from the heap, which fragments: peak RSS grew
-    ~27% from a 1- to a 60-minute file; with the threshold fixed, ~13%. No-op off glibc."""
+    """Fix glibc's mmap threshold at 1 MiB in a decode worker. By default it rises after large blocks are
+    freed, so the multi-MB per-block arrays of a long file then come from the heap, which fragments:
+    peak RSS grew ~27% from a 1- to a 60-minute file. Only in worker processes: in a training process
+    it would send every large tensor through mmap/munmap (measured ~1.6x slower prior steps). No-op off glibc."""
     try:
         import ctypes
 
@@ -125,7 +126,6 @@ def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, work
 
     fz = Featurizer(model.cfg)
     stream = ChunkStream(corpus, [t[0] for t in todo], fz, chunk_codes * model.units_per_code, model.context_units)
-    bound_malloc()
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers if todo else 0,
                                          prefetch_factor=4 if workers and todo else None,
                                          worker_init_fn=_worker_init if workers and todo else None)

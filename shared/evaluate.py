@@ -1,0 +1,112 @@
+"""Run probes for several feature sets and targets on the same splits; print and save the results.
+
+Outputs in OUT: results.csv / results.json (with config, seeds and file hashes), one bar chart per
+target (`probe_<target>.png`), and a per-layer curve for each multi-layer feature set
+(`layers_<features>_<target>.png`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from musetok.shared.io import write_json
+from musetok.shared.plots import plot_bars, plot_layer_curve
+from musetok.shared.probe import Labels, ProbeResult, file_sha1, make_split, probe_layers, read_labels
+
+
+@dataclass
+class FeatureSet:
+    """Features for the rows of `paths`: `(N, L, D)` with layer names, or `(N, D)`."""
+
+    name: str
+    x: np.ndarray
+    paths: list[str]
+    layer_names: list[str]
+
+
+def load_embeddings(path: str | Path, name: str | None = None) -> FeatureSet:
+    """Read `musetok embed` output (`.npy` + `.csv` [+ `.layers.txt`], or `.npz`)."""
+    path = Path(path)
+    base = path.with_suffix("")
+    if path.suffix == ".npz":
+        z = np.load(path)
+        return FeatureSet(name or base.name, z["embeddings"], [str(p) for p in z["paths"]],
+                          [str(x) for x in z["layers"]])
+    x = np.load(path)
+    with open(base.with_suffix(".csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    if x.shape[0] != len(rows) or any(r.get("length", "1") != "1" for r in rows):
+        raise ValueError(f"{path}: probes need clip-level (mean-pooled) embeddings, one row per clip")
+    layers_file = base.parent / (base.name + ".layers.txt")
+    names = [ln for ln in layers_file.read_text().splitlines() if ln and not ln.startswith("#")] \
+        if layers_file.exists() else [f"layer{i}" for i in range(x.shape[1] if x.ndim == 3 else 1)]
+    return FeatureSet(name or base.name, x, [r["path"] for r in rows], names)
+
+
+def align(fs: FeatureSet, labels: Labels) -> np.ndarray:
+    """Feature rows in the order of the labels' paths; every labelled path must have features."""
+    pos = {p: i for i, p in enumerate(fs.paths)}
+    missing = [p for p in labels.paths if p not in pos]
+    if missing:
+        raise ValueError(f"features '{fs.name}' have no row for {len(missing)} labelled files, e.g. {missing[0]}")
+    return fs.x[[pos[p] for p in labels.paths]]
+
+
+def run_probes(feature_sets: list[FeatureSet], labels_csv: str | Path, targets: list[tuple[str, str]],
+               out: str | Path, seed: int = 0, probes: tuple[str, ...] = ("linear", "mlp"),
+               log=print) -> list[ProbeResult]:
+    """targets: (label column, task) pairs. All feature sets share each target's split."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[ProbeResult] = []
+    t0 = time.time()
+    for column, task in targets:
+        labels = read_labels(labels_csv, column, task)
+        split = labels.split if labels.split is not None else make_split(labels, seed)
+        for fs in feature_sets:
+            r = probe_layers(align(fs, labels), fs.layer_names, labels, split, fs.name, column, probes, seed)
+            results.append(r)
+            log(f"  {column:12s} {fs.name:22s} {r.metric} test {r.test[r.metric]:.3f} "
+                f"(valid {r.valid[r.metric]:.3f}, {r.layer}, {r.probe})")
+            if len(r.per_layer) > 1:
+                plot_layer_curve(out / f"layers_{fs.name}_{column}.png", [p[0] for p in r.per_layer],
+                                 [p[1] for p in r.per_layer], [p[2] for p in r.per_layer], r.metric,
+                                 f"{fs.name} on {column}: best layer on valid = {r.layer}")
+        rs = [r for r in results if r.target == column]
+        plot_bars(out / f"probe_{column}.png", [r.features for r in rs], [r.test[r.metric] for r in rs],
+                  f"test {rs[0].metric}", f"{column} ({task}), layer chosen on validation")
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["target", "task", "features", "metric", "test", "valid", "layer", "probe", "params",
+                    "test_all", "valid_all"])
+        for r in results:
+            w.writerow([r.target, r.task, r.features, r.metric, f"{r.test[r.metric]:.4f}", f"{r.valid[r.metric]:.4f}",
+                        r.layer, r.probe, r.params, json.dumps(r.test), json.dumps(r.valid)])
+    write_json(out / "results.json", {
+        "seed": seed, "probes": list(probes), "targets": [list(t) for t in targets],
+        "labels": {"path": str(labels_csv), "sha1": file_sha1(labels_csv)},
+        "features": {fs.name: {"shape": list(fs.x.shape), "layers": fs.layer_names} for fs in feature_sets},
+        "seconds": round(time.time() - t0, 1), "results": [r.to_dict() for r in results]})
+    return results
+
+
+def format_table(results: list[ProbeResult]) -> str:
+    """Targets as columns, feature sets as rows: the test metric of the layer chosen on validation."""
+    targets = list(dict.fromkeys(r.target for r in results))
+    names = list(dict.fromkeys(r.features for r in results))
+    by = {(r.features, r.target): r for r in results}
+    head = [f"{'features':24s}"] + [f"{t + ' (' + by[(names[0], t)].metric + ')':>30s}" for t in targets]
+    lines = [" ".join(head), "-" * len(" ".join(head))]
+    for n in names:
+        cells = []
+        for t in targets:
+            r = by.get((n, t))
+            cells.append(f"{(f'{r.test[r.metric]:.3f}  [{r.layer}]' if r else '-'):>30s}")
+        lines.append(" ".join([f"{n:24s}"] + cells))
+    return "\n".join(lines)

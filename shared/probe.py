@@ -1,0 +1,223 @@
+"""Probing: how much a representation knows, with the protocol of JukeMIR / MARBLE.
+
+Standardise on train; a linear probe and a one-hidden-layer MLP probe, each over a small grid
+(C / L2 strength, hidden size, learning rate, with early stopping); the best model is chosen on
+validation and tested once. Multi-layer features are probed layer by layer and the best layer is
+picked on validation, never on test. scikit-learn does the fitting.
+
+Tasks: `classification` (accuracy, macro-F1), `multilabel` (';'-separated tags: ROC-AUC, average
+precision, macro), `regression` (R^2), `key` (mir_eval's weighted key score).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, r2_score, roc_auc_score
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.neural_network import MLPClassifier, MLPRegressor
+from sklearn.preprocessing import MultiLabelBinarizer, StandardScaler
+
+TASKS = ("classification", "multilabel", "regression", "key")
+PRIMARY = {"classification": "accuracy", "multilabel": "average_precision", "regression": "r2", "key": "weighted_score"}
+
+
+@dataclass
+class Labels:
+    """Targets aligned with feature rows. `y` holds strings (classification/key), tag lists, or floats."""
+
+    paths: list[str]
+    y: list
+    task: str
+    split: np.ndarray | None = None     # "train" / "valid" / "test" per row, if the CSV had one
+    groups: np.ndarray | None = None
+
+
+def read_labels(path: str | Path, column: str = "label", task: str = "auto") -> Labels:
+    """Read `path,<column>[,split][,group]` CSV. `task="auto"`: numbers -> regression, ';' -> multilabel,
+    a column named `key` -> key, else classification."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    if "path" not in rows[0] or column not in rows[0]:
+        raise ValueError(f"{path}: needs columns 'path' and '{column}' (has {', '.join(rows[0])})")
+    raw = [r[column] for r in rows]
+    if task == "auto":
+        if column == "key":
+            task = "key"
+        elif all(_is_number(v) for v in raw):
+            task = "regression"
+        elif any(";" in v for v in raw):
+            task = "multilabel"
+        else:
+            task = "classification"
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if task == "regression":
+        y = [float(v) for v in raw]
+    elif task == "multilabel":
+        y = [[t.strip() for t in v.split(";") if t.strip()] for v in raw]
+    else:
+        y = raw
+    split = np.array([r["split"] for r in rows]) if "split" in rows[0] and all(r["split"] for r in rows) else None
+    groups = np.array([r["group"] for r in rows]) if "group" in rows[0] else None
+    return Labels([r["path"] for r in rows], y, task, split, groups)
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+
+def make_split(labels: Labels, seed: int = 0, n_folds: int = 7) -> np.ndarray:
+    """Deterministic train/valid/test split (~5:1:1), stratified by class, never splitting a group."""
+    n = len(labels.y)
+    groups = labels.groups if labels.groups is not None else np.arange(n).astype(str)
+    strat = np.array(labels.y) if labels.task in ("classification", "key") else None
+    if strat is not None and np.unique(strat, return_counts=True)[1].min() >= n_folds:
+        cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        parts = [test for _, test in cv.split(np.zeros(n), strat, groups)]
+    else:  # regression, tags, or classes too rare to stratify: shuffled groups
+        rng = np.random.default_rng(seed)
+        uniq = np.unique(groups)
+        perm = {g: i for i, g in enumerate(rng.permutation(uniq))}
+        cv = GroupKFold(n_splits=n_folds)
+        keyed = np.array([perm[g] for g in groups])
+        parts = [test for _, test in cv.split(np.zeros(n), groups=keyed)]
+    split = np.full(n, "train", dtype=object)
+    split[parts[0]] = "test"
+    split[parts[1]] = "valid"
+    return split.astype(str)
+
+
+# -- metrics ----------------------------------------------------------------------------------------
+def score(task: str, y_true, y_pred, y_score=None) -> dict[str, float]:
+    if task == "classification":
+        return {"accuracy": accuracy_score(y_true, y_pred), "macro_f1": f1_score(y_true, y_pred, average="macro")}
+    if task == "key":
+        import mir_eval
+
+        ws = [mir_eval.key.weighted_score(t, p) for t, p in zip(y_true, y_pred)]
+        return {"weighted_score": float(np.mean(ws)), "accuracy": accuracy_score(y_true, y_pred)}
+    if task == "multilabel":
+        keep = (y_true.sum(0) > 0) & (y_true.sum(0) < len(y_true))  # tags with both classes present
+        return {"roc_auc": roc_auc_score(y_true[:, keep], y_score[:, keep], average="macro"),
+                "average_precision": average_precision_score(y_true[:, keep], y_score[:, keep], average="macro")}
+    return {"r2": r2_score(y_true, y_pred)}
+
+
+# -- probes -----------------------------------------------------------------------------------------
+def _grid(task: str, kind: str, seed: int) -> list[tuple[str, object]]:
+    if kind == "linear":
+        if task == "regression":
+            return [(f"ridge alpha={a}", Ridge(alpha=a)) for a in (0.1, 1.0, 10.0, 100.0)]
+        make = (lambda c: OneVsRestClassifier(LogisticRegression(C=c, max_iter=2000))) if task == "multilabel" \
+            else (lambda c: LogisticRegression(C=c, max_iter=2000))
+        return [(f"logreg C={c}", make(c)) for c in (0.01, 0.1, 1.0, 10.0)]
+    out = []
+    for hidden in (128, 512):
+        for alpha in (1e-4, 1e-2):
+            kw = dict(hidden_layer_sizes=(hidden,), alpha=alpha, learning_rate_init=1e-3, max_iter=300,
+                      early_stopping=True, validation_fraction=0.15, n_iter_no_change=15, random_state=seed)
+            model = MLPRegressor(**kw) if task == "regression" else MLPClassifier(**kw)
+            out.append((f"mlp h={hidden} l2={alpha}", model))
+    return out
+
+
+@dataclass
+class FitResult:
+    probe: str            # "linear" or "mlp"
+    params: str
+    valid: dict[str, float]
+    test: dict[str, float]
+
+
+def fit_probe(x: np.ndarray, labels: Labels, split: np.ndarray, probes: tuple[str, ...] = ("linear", "mlp"),
+              seed: int = 0) -> FitResult:
+    """Fit every probe of the grid on train, choose on valid, score the chosen one on test. x: `(N, D)`."""
+    task = labels.task
+    tr, va, te = (split == "train"), (split == "valid"), (split == "test")
+    scaler = StandardScaler().fit(x[tr])
+    xs = np.nan_to_num(scaler.transform(x)).astype(np.float32)
+    if task == "multilabel":
+        mlb = MultiLabelBinarizer().fit(labels.y)
+        y = mlb.transform(labels.y)
+    elif task == "regression":
+        y = np.asarray(labels.y, dtype=np.float64)
+    else:
+        y = np.asarray(labels.y)
+    primary = PRIMARY[task]
+    best: FitResult | None = None
+    best_model = None
+    for kind in probes:
+        for params, model in _grid(task, kind, seed):
+            with warnings.catch_warnings():  # tiny grids on small sets: convergence / rare-class chatter
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                warnings.simplefilter("ignore", UserWarning)
+                model.fit(xs[tr], y[tr])
+            v = _evaluate(task, model, xs[va], y[va])
+            if best is None or v[primary] > best.valid[primary]:
+                best, best_model = FitResult(kind, params, v, {}), model
+    best.test = _evaluate(task, best_model, xs[te], y[te])
+    return best
+
+
+def _evaluate(task: str, model, x: np.ndarray, y) -> dict[str, float]:
+    if task == "multilabel":
+        s = model.predict_proba(x)
+        return score(task, y, None, s)
+    return score(task, y, model.predict(x))
+
+
+@dataclass
+class ProbeResult:
+    """One feature set on one task. `per_layer`: (layer, valid primary, test primary) for every layer;
+    `layer` is the one chosen on validation, and `valid`/`test` are its full metrics."""
+
+    features: str
+    task: str
+    target: str
+    metric: str
+    layer: str
+    probe: str
+    params: str
+    valid: dict[str, float]
+    test: dict[str, float]
+    per_layer: list[tuple[str, float, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def probe_layers(features: np.ndarray, layer_names: list[str], labels: Labels, split: np.ndarray, name: str,
+                 target: str, probes: tuple[str, ...] = ("linear", "mlp"), seed: int = 0) -> ProbeResult:
+    """Probe each layer of `(N, L, D)` (or `(N, D)`) features; pick the layer on validation."""
+    if features.ndim == 2:
+        features = features[:, None]
+        layer_names = layer_names or ["features"]
+    metric = PRIMARY[labels.task]
+    fits = [fit_probe(features[:, i], labels, split, probes, seed) for i in range(features.shape[1])]
+    best = max(range(len(fits)), key=lambda i: fits[i].valid[metric])
+    f = fits[best]
+    return ProbeResult(name, labels.task, target, metric, layer_names[best], f.probe, f.params, f.valid, f.test,
+                       [(layer_names[i], fits[i].valid[metric], fits[i].test[metric]) for i in range(len(fits))])
+
+
+def file_sha1(path: str | Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
