@@ -102,8 +102,8 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool
 
     t = stage(7, "hand-crafted baselines: MFCC, log-mel, chroma")
     hand = handcrafted_features([corpus / p for p in paths], tok.sample_rate)
-    sets += [FeatureSet(name, x, paths, [name]) for name, x in
-             (("mfcc mean/std", hand["mfcc"]), ("log-mel mean/std", hand["logmel"]), ("chroma mean/std", hand["chroma"]))]
+    for key, name in (("mfcc", "mfcc mean/std"), ("logmel", "log-mel mean/std"), ("chroma", "chroma mean/std")):
+        sets.append(FeatureSet(name, hand[key], paths, [name]))
     times["baselines"] = time.time() - t
 
     t = stage(8, "probing every feature set (linear + MLP, layer chosen on validation)")
@@ -132,11 +132,13 @@ def _embed_store(emb, store, name: str):
 def _write_report(out: Path, table: str, results, times: dict, total: float, tok_res, sizes: DemoSizes) -> Path:
     lines = ["# musetok demo report", "",
              f"Demo corpus: {sizes.pieces} synthetic pieces of {sizes.seconds:.0f} s (corpus/labels.csv). "
-             f"Tokenizer: {sizes.tokenizer_steps} steps, validation reconstruction loss {tok_res.valid_recon_loss:.4f}, "
+             f"Tokenizer: {sizes.tokenizer_steps} steps, "
+             f"validation reconstruction loss {tok_res.valid_recon_loss:.4f}, "
              f"codebook usage {', '.join(f'{u:.0f}%' for u in tok_res.valid_usage)}. "
              f"Priors: {sizes.prior_steps} steps each.", "",
              "## Probe results (test metric of the layer chosen on validation)", "", "```", table, "```", "",
-             "Key is scored with mir_eval's weighted score (fifths, relative and parallel keys get partial credit).", "",
+             "Key is scored with mir_eval's weighted score "
+             "(fifths, relative and parallel keys get partial credit).", "",
              "![instrument](probe/probe_instrument.png)", "![key](probe/probe_key.png)",
              "![tempo](probe/probe_tempo_class.png)", "", "## Which layer knows what", ""]
     for p in sorted((out / "probe").glob("layers_*.png")):
