@@ -56,11 +56,10 @@ def make_runners(args):
         cfg = PriorConfig(objective=objective, dim=d, layers=l, heads=h, max_len=t, codebook_size=v, num_codebooks=1)
         model = Prior(cfg)
         opt = make_optimizer(model, 1e-4, 0.1)
-        batch = Batch(codes, torch.full((b,), t))
+        batch = Batch(codes, torch.full((b,), t), torch.arange(b))
 
-        def step(model=model, opt=opt, batch=batch, i=[0]):  # noqa: B006 - a step counter
-            i[0] += 1
-            o = compute_loss(model, batch, torch.Generator().manual_seed(i[0]))
+        def step(model=model, opt=opt, batch=batch):
+            o = compute_loss(model, batch)
             o.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -26,32 +26,39 @@ class WindowSource:
     def frames_total(self) -> int:
         return int(self.lengths.sum())
 
-    def batch(self, seed: int, step: int, batch_size: int) -> Batch:
+    def batch(self, seed: int, step: int, batch_size: int, part: slice = slice(None)) -> Batch:
+        """The global batch for `step` is drawn from (seed, step); `part` selects this rank's rows."""
         rng = np.random.default_rng([seed, step])
         pick = rng.choice(len(self.items), size=batch_size, p=self.lengths / self.lengths.sum())
         lens = np.minimum(self.lengths[pick], self.max_len)
+        starts = rng.integers(0, self.lengths[pick] - lens + 1)
+        seeds = rng.integers(0, 2**62, size=batch_size)
+        pick, lens, starts, seeds = pick[part], lens[part], starts[part], seeds[part]
+        batch_size = len(pick)
         t = int(lens.max())
         if self.frames:
             x = np.zeros((batch_size, t, self.store.meta.frames_dim), np.float32)
         else:
             x = np.zeros((batch_size, self.store.meta.num_codebooks, t), np.int64)
-        for b, (j, n) in enumerate(zip(pick, lens)):
-            start = int(rng.integers(0, self.lengths[j] - n + 1))
+        for b, (j, n, start) in enumerate(zip(pick, lens, starts)):
+            start = int(start)
             if self.frames:
                 x[b, :n] = self.store.frames_window(self.items[j], start, n)
             else:
                 x[b, :, :n] = self.store.window(self.items[j], start, n)
-        return Batch(torch.from_numpy(x), torch.from_numpy(lens))
+        return Batch(torch.from_numpy(x), torch.from_numpy(lens), torch.from_numpy(seeds))
 
 
 class WindowDataset(torch.utils.data.Dataset):
     """Map-style over step numbers so DataLoader workers build batches in parallel."""
 
-    def __init__(self, source: WindowSource, seed: int, batch_size: int, start: int, stop: int):
+    def __init__(self, source: WindowSource, seed: int, batch_size: int, start: int, stop: int,
+                 part: slice = slice(None)):
         self.source, self.seed, self.batch_size, self.start, self.stop = source, seed, batch_size, start, stop
+        self.part = part
 
     def __len__(self):
         return self.stop - self.start
 
     def __getitem__(self, i):
-        return self.source.batch(self.seed, self.start + i, self.batch_size)
+        return self.source.batch(self.seed, self.start + i, self.batch_size, self.part)

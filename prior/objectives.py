@@ -13,19 +13,22 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from musetok.prior.masking import corrupt_codes, corrupt_frames, span_mask
+from musetok.prior.masking import corrupt_codes, corrupt_frames, row_generators, span_mask
 from musetok.prior.model import Prior
+from musetok.shared.io import unwrap
 
 
 @dataclass
 class Batch:
-    """x: codes `(B, K, T)` int64 or frames `(B, T, F)` float32; lengths `(B,)` valid frames."""
+    """x: codes `(B, K, T)` int64 or frames `(B, T, F)` float32; lengths `(B,)` valid frames;
+    seeds `(B,)` int64: each row's masking seed."""
 
     x: torch.Tensor
     lengths: torch.Tensor
+    seeds: torch.Tensor
 
     def to(self, device) -> Batch:
-        return Batch(self.x.to(device, non_blocking=True), self.lengths.to(device))
+        return Batch(self.x.to(device, non_blocking=True), self.lengths.to(device), self.seeds)
 
 
 @dataclass
@@ -42,23 +45,25 @@ def _valid(lengths: torch.Tensor, t: int) -> torch.Tensor:
     return torch.arange(t, device=lengths.device)[None] < lengths[:, None]  # (B, T)
 
 
-def compute_loss(model: Prior, batch: Batch, generator: torch.Generator) -> LossOutput:
-    cfg = model.cfg
+def compute_loss(model: Prior, batch: Batch) -> LossOutput:
+    """`model` may be wrapped (DDP, compile); its config is read from the unwrapped module."""
+    cfg = unwrap(model).cfg
     x, lengths = batch.x, batch.lengths
     dev = x.device
     if cfg.objective in ("mlm", "masked_frames"):
         t = x.shape[-1] if cfg.discrete else x.shape[1]
         valid = _valid(lengths, t)
-        mask = span_mask(lengths.cpu(), t, cfg.mask_rate, cfg.mask_span, generator)
+        gens = row_generators(batch.seeds)
+        mask = span_mask(lengths.cpu(), t, cfg.mask_rate, cfg.mask_span, gens)
         if cfg.discrete:
-            inp = corrupt_codes(x.cpu(), mask, model.mask_id, cfg.codebook_size, generator).to(dev)
+            inp = corrupt_codes(x.cpu(), mask, cfg.codebook_size, cfg.codebook_size, gens).to(dev)
         else:
-            inp = corrupt_frames(x.cpu(), mask, generator).to(dev)
+            inp = corrupt_frames(x.cpu(), mask, lengths.cpu(), gens).to(dev)
         mask = mask.to(dev)
         h = model(inp, valid, keep=mask).hidden  # (N, D): only masked frames are predicted
         if cfg.discrete:
             return _code_loss(model, h, x.permute(0, 2, 1)[mask])
-        return LossOutput(F.l1_loss(model.frame_prediction(h), x[mask]), int(mask.sum()))
+        return LossOutput(F.l1_loss(unwrap(model).frame_prediction(h), x[mask]), int(mask.sum()))
 
     # causal objectives: predict `shift` frames ahead from the past
     shift = 1 if cfg.discrete else cfg.predict_ahead
@@ -71,12 +76,12 @@ def compute_loss(model: Prior, batch: Batch, generator: torch.Generator) -> Loss
     h = h if h.dim() == 2 else h.reshape(-1, h.shape[-1])  # (N, D), in valid order
     if cfg.discrete:
         return _code_loss(model, h, target[valid])
-    return LossOutput(F.l1_loss(model.frame_prediction(h), target[valid]), int(valid.sum()))
+    return LossOutput(F.l1_loss(unwrap(model).frame_prediction(h), target[valid]), int(valid.sum()))
 
 
 def _code_loss(model: Prior, h: torch.Tensor, target: torch.Tensor) -> LossOutput:
     """h `(N, D)`, target `(N, K)` -> mean cross-entropy over frames and codebooks."""
-    logits = model.code_logits(h)  # (N, K, V)
+    logits = unwrap(model).code_logits(h)  # (N, K, V)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
     correct = int((logits.argmax(-1) == target).sum())
     return LossOutput(loss, int(target.shape[0]), correct)

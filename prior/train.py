@@ -23,6 +23,7 @@ from musetok.prior.config import PriorConfig
 from musetok.prior.data import WindowDataset, WindowSource
 from musetok.prior.model import Prior
 from musetok.prior.objectives import compute_loss
+from musetok.shared import distributed
 from musetok.shared.config import ConfigError, check, from_dict, to_dict
 from musetok.shared.io import STATE_FILE, load_train_state, read_json, save_train_state, unwrap, write_json
 from musetok.shared.plots import plot_curves
@@ -31,7 +32,6 @@ from musetok.shared.training import (
     MetricsLog,
     lr_at,
     make_optimizer,
-    pick_device,
     read_metrics,
     rng_state,
     seed_everything,
@@ -106,9 +106,12 @@ def train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, res
     out = Path(out)
     if not resume and (out / STATE_FILE).exists():
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    d, device = distributed.init(tc.device)  # torchrun: one process per device, global batch split across them
+    part = d.part(tc.batch_size)
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    d.barrier()
     seed_everything(tc.seed)
-    device = pick_device(tc.device)
     use_bf16 = tc.dtype == "bfloat16" or (tc.dtype == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
 
@@ -123,8 +126,10 @@ def train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, res
     train_src = WindowSource(store, [pos[p] for p in train_paths], mc.max_len, frames=not mc.discrete)
     valid_src = WindowSource(store, [pos[p] for p in (valid_paths or train_paths)], mc.max_len,
                              frames=not mc.discrete)
-    log.info("prior data: %d train files (%d frames), %d valid files; objective %s",
-             len(train_paths), train_src.frames_total, len(valid_paths), mc.objective)
+    if d.is_main:
+        log.info("prior data: %d train files (%d frames), %d valid files; objective %s%s",
+                 len(train_paths), train_src.frames_total, len(valid_paths), mc.objective,
+                 f"; {d.world} processes" if d.enabled else "")
 
     # -- model, optimizer, state -------------------------------------------------------------------
     model = Prior(mc).to(device)
@@ -137,17 +142,20 @@ def train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, res
         set_rng_state(state["rng"])
         step = int(state["step"])
         log.info("resuming %s at step %d", out, step)
-    fwd_model = torch.compile(model) if tc.compile else model
-    write_json(out / RUN_CONFIG_FILE, to_dict(run))
-    metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if resume else None)
+    ddp_model = distributed.wrap(model, d, device)
+    fwd_model = torch.compile(ddp_model) if tc.compile else ddp_model
+    if d.is_main:
+        write_json(out / RUN_CONFIG_FILE, to_dict(run))
+        metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if resume else None)
     valid_batches = [valid_src.batch(tc.seed + 1, i, tc.batch_size) for i in range(tc.valid_batches)]
 
     def validate() -> tuple[float, float | None]:
+        """On rank 0 only, with the unwrapped model (DDP's forward would wait for the other ranks)."""
         model.eval()
         total, n, correct = 0.0, 0, 0
         with torch.no_grad(), autocast:
-            for i, b in enumerate(valid_batches):
-                o = compute_loss(fwd_model, b.to(device), torch.Generator().manual_seed(10_000 + i))
+            for b in valid_batches:
+                o = compute_loss(model, b.to(device))
                 total += o.loss.item() * o.targets
                 n += o.targets
                 correct += o.correct
@@ -157,11 +165,12 @@ def train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, res
     # -- the loop ----------------------------------------------------------------------------------
     last = tc.steps if stop_at is None else min(stop_at, tc.steps)
     loader = torch.utils.data.DataLoader(
-        WindowDataset(train_src, tc.seed, tc.batch_size, step * tc.grad_accum, last * tc.grad_accum),
+        WindowDataset(train_src, tc.seed, tc.batch_size, step * tc.grad_accum, last * tc.grad_accum, part),
         batch_size=None, shuffle=False, num_workers=tc.num_workers,
         generator=torch.Generator().manual_seed(tc.seed))  # keeps the global RNG untouched (exact resume)
     batches = iter(loader)
-    bar = tqdm(total=last, initial=step, desc=f"pretrain ({mc.objective})", unit="step", disable=not progress)
+    bar = tqdm(total=last, initial=step, desc=f"pretrain ({mc.objective})", unit="step",
+               disable=not progress or not d.is_main)
     model.train()
     valid_loss, valid_acc = float("nan"), None
     while step < last:
@@ -170,10 +179,17 @@ def train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, res
         loss_sum, targets, correct = 0.0, 0, 0
         for micro in range(tc.grad_accum):
             batch = next(batches).to(device)
-            mask_rng = torch.Generator().manual_seed(tc.seed * 1_000_003 + step * tc.grad_accum + micro)
-            with autocast:
-                o = compute_loss(fwd_model, batch, mask_rng)
-            (o.loss / tc.grad_accum).backward()
+            # gradients are averaged across ranks once per optimizer step, not per micro-batch
+            sync = ddp_model.no_sync() if d.enabled and micro < tc.grad_accum - 1 else contextlib.nullcontext()
+            with sync:
+                with autocast:
+                    o = compute_loss(fwd_model, batch)
+                loss = o.loss
+                if d.enabled:  # DDP averages per-rank means; weight each rank by its share of the scored frames
+                    total = torch.tensor([o.targets], dtype=torch.float64, device=device)
+                    torch.distributed.all_reduce(total)
+                    loss = loss * (o.targets * d.world / total.item())
+                (loss / tc.grad_accum).backward()
             loss_sum += o.loss.item() / tc.grad_accum
             targets, correct = targets + o.targets, correct + o.correct
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -181,25 +197,32 @@ def train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, res
         opt.zero_grad(set_to_none=True)
         step += 1
 
-        if step % tc.log_every == 0 or step == last:
+        if d.is_main and (step % tc.log_every == 0 or step == last):
             extra = {"accuracy": correct / max(targets * mc.num_codebooks, 1)} if mc.discrete else {}
             metrics.write(step, split="train", lr=lr, loss=loss_sum, grad_norm=gnorm.item(), **extra)
             bar.set_postfix(loss=f"{loss_sum:.4f}")
-        if step % tc.valid_every == 0 or step == last:
+        if d.is_main and (step % tc.valid_every == 0 or step == last):
             valid_loss, valid_acc = validate()
             extra = {"valid_accuracy": valid_acc, "valid_perplexity": math.exp(min(valid_loss, 50))} \
                 if mc.discrete else {}
             metrics.write(step, split="valid", valid_loss=valid_loss, **extra)
         if step % tc.checkpoint_every == 0 or step == last:
-            save_prior(out, model)
-            save_train_state(out, {"step": step, "model": unwrap(model).state_dict(),
-                                   "optimizer": opt.state_dict(), "rng": rng_state()})
+            if d.is_main:
+                save_prior(out, model)
+                save_train_state(out, {"step": step, "model": unwrap(model).state_dict(),
+                                       "optimizer": opt.state_dict(), "rng": rng_state()})
+            d.barrier()
         bar.update(1)
     bar.close()
+    distributed.dump_rank_state(model, d)
+    if not d.is_main:
+        distributed.shutdown(d)
+        return PriorTrainResult(out, step, float("nan"), None, None)
     if not (out / "model.safetensors").exists():
         save_prior(out, model)
     plot_curves(out / "training_curve.png", read_metrics(out / "metrics.jsonl"), ["loss", "valid_loss"],
                 f"prior ({mc.objective})")
+    distributed.shutdown(d)
     return PriorTrainResult(out, step, valid_loss, valid_acc,
                             math.exp(min(valid_loss, 50)) if mc.discrete else None)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from musetok.prior.config import PriorConfig
-from musetok.prior.masking import corrupt_codes, span_mask
+from musetok.prior.masking import corrupt_codes, row_generators, span_mask
 from musetok.prior.model import Prior
 from musetok.prior.objectives import Batch, compute_loss
 from musetok.shared.config import ConfigError, load_config
@@ -18,9 +18,8 @@ def cfg(**kw) -> PriorConfig:
 
 
 def test_span_mask_policy():
-    g = torch.Generator().manual_seed(0)
     lengths = torch.tensor([400, 250, 37, 0])
-    m = span_mask(lengths, 400, rate=0.3, span=5, generator=g)
+    m = span_mask(lengths, 400, rate=0.3, span=5, gens=row_generators(torch.arange(4)))
     assert m.shape == (4, 400)
     for i, n in enumerate(lengths.tolist()):
         assert not m[i, n:].any()  # never in padding
@@ -43,7 +42,7 @@ def test_bert_corruption_80_10_10():
     g = torch.Generator().manual_seed(0)
     codes = torch.randint(0, 100, (64, 1, 500), generator=g)
     mask = torch.rand(64, 500, generator=g) < 0.5
-    out = corrupt_codes(codes, mask, mask_id=100, vocab=100, generator=g)
+    out = corrupt_codes(codes, mask, mask_id=100, vocab=100, gens=row_generators(torch.arange(64)))
     assert torch.equal(out[:, 0][~mask], codes[:, 0][~mask])  # unmasked frames untouched
     m_out, m_in = out[:, 0][mask], codes[:, 0][mask]
     p_mask = (m_out == 100).float().mean().item()
@@ -57,11 +56,11 @@ def test_mlm_loss_only_on_masked_positions():
     would get a negative gradient (its one-hot target); on masked frames only, it gets only softmax mass."""
     torch.manual_seed(0)
     model = Prior(cfg(objective="mlm"))
-    lengths = torch.tensor([40, 40, 25])
-    mask = span_mask(lengths, 40, 0.3, 5, torch.Generator().manual_seed(1))  # what compute_loss will draw
+    lengths, seeds = torch.tensor([40, 40, 25]), torch.tensor([5, 6, 7])
+    mask = span_mask(lengths, 40, 0.3, 5, row_generators(seeds))  # what compute_loss will draw
     codes = torch.full((3, 2, 40), 15)
     codes[mask[:, None].expand_as(codes)] = torch.randint(0, 15, (int(mask.sum()) * 2,))
-    o = compute_loss(model, Batch(codes, lengths), torch.Generator().manual_seed(1))
+    o = compute_loss(model, Batch(codes, lengths, seeds))
     assert o.targets == int(mask.sum())
     o.loss.backward()
     g = model.head_bias.grad  # (K, V)

@@ -65,26 +65,28 @@ class SegmentSource:
             seg = np.pad(seg, ((0, 0), (0, n - seg.shape[1])), mode="edge")
         return seg
 
-    def batch(self, seed: int, step: int, batch_size: int) -> torch.Tensor:
-        """Batch for `step`: `(B, C, segment_units)`; depends only on (seed, step)."""
+    def batch(self, seed: int, step: int, batch_size: int, part: slice = slice(None)) -> torch.Tensor:
+        """Global batch for `step`, `(B, C, segment_units)`, drawn from (seed, step) alone; `part`
+        selects the rows this rank reads."""
         rng = np.random.default_rng([seed, step])
         p = np.asarray(self.durations) / sum(self.durations)
         idx = rng.choice(len(self.files), size=batch_size, p=p)
-        segs = []
-        for i in idx:
-            start = rng.uniform(0, max(0.0, self.durations[i] - self.segment_seconds))
-            segs.append(self.segment(int(i), start))
+        starts = rng.uniform(0, 1, size=batch_size) * np.maximum(
+            0.0, np.asarray(self.durations)[idx] - self.segment_seconds)
+        segs = [self.segment(int(i), float(s)) for i, s in zip(idx[part], starts[part])]
         return torch.from_numpy(np.stack(segs))
 
 
 class BatchDataset(torch.utils.data.Dataset):
     """Map-style dataset over step numbers, so DataLoader workers build batches in parallel."""
 
-    def __init__(self, source: SegmentSource, seed: int, batch_size: int, start: int, stop: int):
+    def __init__(self, source: SegmentSource, seed: int, batch_size: int, start: int, stop: int,
+                 part: slice = slice(None)):
         self.source, self.seed, self.batch_size, self.start, self.stop = source, seed, batch_size, start, stop
+        self.part = part
 
     def __len__(self):
         return self.stop - self.start
 
     def __getitem__(self, i):
-        return self.source.batch(self.seed, self.start + i, self.batch_size)
+        return self.source.batch(self.seed, self.start + i, self.batch_size, self.part)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from musetok.shared import distributed
 from musetok.shared.audio import AudioError, list_audio
 from musetok.shared.config import ConfigError, check, from_dict, to_dict
 from musetok.shared.io import STATE_FILE, load_train_state, read_json, save_train_state, unwrap, write_json
@@ -26,7 +27,6 @@ from musetok.shared.training import (
     MetricsLog,
     lr_at,
     make_optimizer,
-    pick_device,
     rng_state,
     seed_everything,
     set_lr,
@@ -120,9 +120,12 @@ def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path,
     out = Path(out)
     if not resume and (out / STATE_FILE).exists():
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    d, device = distributed.init(tc.device)  # torchrun: one process per device, global batch split across them
+    part = d.part(tc.batch_size)
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    d.barrier()
     seed_everything(tc.seed)
-    device = pick_device(tc.device)
 
     # -- data: split by file, segments sampled per step from (seed, step) --------------------------
     corpus = list_audio(audio)
@@ -135,14 +138,15 @@ def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path,
     if valid_src is None or not valid_src.files:
         log.warning("no held-out files: validating on training files")
         valid_src = train_src
-    log.info("tokenizer data: %d train files (%.2f h), %d valid files", len(train_src.files), train_src.hours,
-             len(valid_src.files))
+    if d.is_main:
+        log.info("tokenizer data: %d train files (%.2f h), %d valid files%s", len(train_src.files),
+                 train_src.hours, len(valid_src.files), f"; {d.world} processes" if d.enabled else "")
 
     # -- model, optimizer, state -------------------------------------------------------------------
     stats = None
     if mc.input == "mel":
         stats = MelStats.load(out / "normalizer.json") if resume else compute_mel_stats(train_src, tc.stats_max_files)
-    model = build_tokenizer(mc, stats).to(device)
+    model = build_tokenizer(mc, stats).to(device)  # after init: the VQ syncs its codebooks when distributed
     opt = make_optimizer(model, tc.lr, tc.weight_decay)
     step = 0
     if resume:
@@ -152,12 +156,15 @@ def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path,
         set_rng_state(state["rng"])
         step = int(state["step"])
         log.info("resuming %s at step %d", out, step)
-    write_json(out / RUN_CONFIG_FILE, to_dict(run))
-    metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if resume else None)
+    ddp_model = distributed.wrap(model, d, device)
+    if d.is_main:
+        write_json(out / RUN_CONFIG_FILE, to_dict(run))
+        metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if resume else None)
     n_valid = math.ceil(tc.valid_segments / tc.batch_size)
     valid_batches = [valid_src.batch(tc.seed + 1, i, tc.batch_size) for i in range(n_valid)]
 
     def validate() -> tuple[float, np.ndarray, list[float], list[float]]:
+        """On rank 0 only, with the unwrapped model (DDP's forward would wait for the other ranks)."""
         model.eval()
         losses, codes = [], []
         with torch.no_grad():
@@ -177,39 +184,45 @@ def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path,
 
     # -- the loop ----------------------------------------------------------------------------------
     last = tc.steps if stop_at is None else min(stop_at, tc.steps)
-    loader = torch.utils.data.DataLoader(BatchDataset(train_src, tc.seed, tc.batch_size, step, last),
+    loader = torch.utils.data.DataLoader(BatchDataset(train_src, tc.seed, tc.batch_size, step, last, part),
                                          batch_size=None, shuffle=False, num_workers=tc.num_workers,
                                          # its own generator: drawing the loader's seed from the global RNG
                                          # would shift the VQ's random draws after a resume
                                          generator=torch.Generator().manual_seed(tc.seed))
-    bar = tqdm(total=last, initial=step, desc="train-tokenizer", unit="step", disable=not progress)
+    bar = tqdm(total=last, initial=step, desc="train-tokenizer", unit="step", disable=not progress or not d.is_main)
     model.train()
     valid_loss, usage = float("nan"), [0.0] * mc.num_codebooks
     tok_id = ""
     for batch in loader:
         lr = lr_at(step, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
         set_lr(opt, lr)
-        o = model(batch.to(device))  # batch: (B, C, N)
+        o = ddp_model(batch.to(device))  # batch: this rank's (B / world, C, N)
         opt.zero_grad(set_to_none=True)
         o.loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
         step += 1
 
-        if step % tc.log_every == 0 or step == tc.steps:
+        if d.is_main and (step % tc.log_every == 0 or step == tc.steps):
             _, b_usage, b_ppl = code_stats(o.codes, mc.codebook_size)
             metrics.write(step, split="train", lr=lr, loss=o.loss.item(), recon_loss=o.recon_loss.item(),
                           commit_loss=o.commit_loss.item(), grad_norm=gnorm.item(),
                           usage=[round(u, 2) for u in b_usage], perplexity=[round(p, 2) for p in b_ppl])
             bar.set_postfix(recon=f"{o.recon_loss.item():.4f}", usage=f"{b_usage[0]:.0f}%")
-        if step % tc.valid_every == 0 or step == tc.steps:
+        if d.is_main and (step % tc.valid_every == 0 or step == tc.steps):
             valid_loss, counts, usage, ppl = validate()
             metrics.write(step, split="valid", recon_loss=valid_loss, usage=[round(u, 2) for u in usage],
                           perplexity=[round(p, 2) for p in ppl])
         if step % tc.checkpoint_every == 0 or step == last:
-            tok_id = checkpoint()
+            if d.is_main:
+                tok_id = checkpoint()
+            d.barrier()
         bar.update(1)
     bar.close()
+    distributed.dump_rank_state(model, d)
+    if not d.is_main:
+        distributed.shutdown(d)
+        return TokenizerTrainResult(out, step, "", float("nan"), [], len(train_src.files), {})
 
     # -- plots of the final model ------------------------------------------------------------------
     valid_loss, counts, usage, _ = validate()
@@ -225,5 +238,6 @@ def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path,
             dec = fz.array(o.recon[0, 0].cpu().numpy())
     plot_reconstruction(out / "reconstruction.png", orig, dec, mc.mel.frame_rate,
                         f"validation segment, recon loss {valid_loss:.4f}")
+    distributed.shutdown(d)
     return TokenizerTrainResult(out, step, tok_id or save_tokenizer(out, model), valid_loss, usage,
                                 len(train_src.files), {**train_src.bad, **(valid_src.bad if valid_src else {})})
