@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ import soundfile as sf
 import soxr
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".opus")
+# Formats whose header gives an exact frame count, so a file that ends early is known to be truncated.
+EXACT_LENGTH_FORMATS = ("WAV", "WAVEX", "FLAC", "AIFF", "AU", "W64", "RF64")
 
 
 class AudioError(Exception):
@@ -100,6 +103,18 @@ def _open(path: str | Path) -> sf.SoundFile:
         raise AudioError(path, f"cannot open ({e.strerror or e})") from None
 
 
+_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def _check_not_truncated(f: sf.SoundFile, path) -> None:
+    """libsndfile silently shortens a WAV whose data chunk runs past the end of the file; its log says
+    `data : <declared> (should be <on disk>)`. Declared > on disk means the file was cut short (a
+    declared size of 0 or a placeholder from a streaming writer is the other direction, and fine)."""
+    m = _DATA_CHUNK.search(f.extra_info) if f.format in ("WAV", "WAVEX", "W64", "RF64") else None
+    if m and int(m.group(1)) > int(m.group(2)) and int(m.group(1)) < 0xFFFFFFF0:
+        raise AudioError(path, f"truncated file (data chunk declares {m.group(1)} bytes, {m.group(2)} present)")
+
+
 def audio_info(path: str | Path) -> AudioInfo:
     with _open(path) as f:
         return AudioInfo(f.samplerate, f.channels, f.frames)
@@ -123,6 +138,7 @@ def iter_audio(path: str | Path, sample_rate: int, block_seconds: float = 30.0,
         sr_in = f.samplerate
         if f.frames == 0:
             raise AudioError(path, "zero-length audio")
+        _check_not_truncated(f, path)
         first = int(round(start * sr_in))
         if first:
             f.seek(min(first, f.frames))
@@ -131,6 +147,7 @@ def iter_audio(path: str | Path, sample_rate: int, block_seconds: float = 30.0,
         stream = soxr.ResampleStream(sr_in, sample_rate, 1, dtype="float32", quality="HQ") \
             if sr_in != sample_rate else None
         any_samples = False
+        total_read = 0
         while True:
             n = block if remaining is None else min(block, remaining)
             if n <= 0:
@@ -140,8 +157,12 @@ def iter_audio(path: str | Path, sample_rate: int, block_seconds: float = 30.0,
             except (sf.LibsndfileError, RuntimeError) as e:
                 raise AudioError(path, f"decode error ({e})") from None
             last = len(x) < n or (remaining is not None and remaining - len(x) <= 0)
+            total_read += len(x)
             if remaining is not None:
                 remaining -= len(x)
+            expected = f.frames - first if duration is None else None
+            if last and expected and total_read < expected and f.format in EXACT_LENGTH_FORMATS:
+                raise AudioError(path, f"truncated file (header says {expected} frames, found {total_read})")
             mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
             if not np.isfinite(mono).all():
                 raise AudioError(path, "NaN or infinite samples")

@@ -49,12 +49,34 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> int:
 
 
 def cmd_tokenize(a: argparse.Namespace) -> int:
+    from musetok.shared import distributed
+    from musetok.shared.audio import list_audio
+    from musetok.shared.token_store import merge_indexes
     from musetok.tokenizer.builder import load_tokenizer
     from musetok.tokenizer.encode_corpus import tokenize_corpus
 
+    d = distributed.Dist()
+    if a.shard:
+        try:
+            i, n = (int(v) for v in a.shard.split("/"))
+            assert 0 <= i < n
+        except (ValueError, AssertionError):
+            raise FileNotFoundError(f"--shard must look like i/n with 0 <= i < n, got '{a.shard}'") from None
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one shard per process
+        d, _ = distributed.init("cpu")
+        i, n = d.rank, d.world
+    else:
+        i, n = 0, 1
     model = load_tokenizer(a.tokenizer, device=a.device)
-    r = tokenize_corpus(model, a.audio, a.out, workers=a.workers, progress=not a.quiet, with_frames=a.with_frames)
-    print(f"tokenize -> {a.out}: {r.summary()}")
+    files = list_audio(a.audio).files[i::n] if n > 1 else None
+    r = tokenize_corpus(model, a.audio, a.out, workers=a.workers, progress=not a.quiet, with_frames=a.with_frames,
+                        files=files, writer_name=f"shard{i}-of-{n}" if n > 1 else "main")
+    print(f"tokenize{f' shard {i}/{n}' if n > 1 else ''} -> {a.out}: {r.summary()}")
+    if d.enabled:
+        d.barrier()
+        if d.is_main:
+            print(f"merged the indexes of {n} shards: {merge_indexes(a.out)} files in {a.out}")
+        distributed.shutdown(d)
     for path, why in sorted(r.failed.items()):
         print(f"  failed: {path}: {why}")
     return 1 if r.failed else 0
@@ -159,6 +181,15 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge_store(a: argparse.Namespace) -> int:
+    from musetok.shared.token_store import TokenStore, merge_indexes
+
+    n = merge_indexes(a.store)
+    s = TokenStore(a.store)
+    print(f"merged {a.store}: {n} files indexed ({len(s)} ok, {len(s.failed)} failed)")
+    return 0
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     from musetok.shared.token_store import TokenStore
 
@@ -200,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="token store folder (continued if it exists)")
     s.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="decode worker processes (default: one per core, at most 8; 0 decodes in-process)")
+    s.add_argument("--shard", default="", metavar="I/N",
+                   help="tokenize only every N-th file starting at I, into its own shards (one process or machine "
+                        "per shard; then `musetok merge-store`). Automatic under torchrun")
     s.add_argument("--with-frames", action="store_true",
                    help="also store normalised mel frames (input of the continuous baselines; ~50 MB/hour)")
     s.add_argument("--device", default="cpu")
@@ -264,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true", help="no progress bars (stage lines stay)")
     s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("merge-store", help="fold the index files of sharded tokenize runs into one index")
+    s.add_argument("store")
+    s.set_defaults(fn=cmd_merge_store)
 
     s = sub.add_parser("info", help="summarise a token store")
     s.add_argument("store")

@@ -117,3 +117,25 @@ def test_cli_end_to_end(tmp_path, corpus, capsys):
     assert info.samplerate == 16000 and abs(info.duration - 4.0) < 0.1
     assert main(["decode", "--tokenizer", str(tok), "--store", str(store), "--item", "99", "--out", str(wav)]) == 2
     assert main(["train-tokenizer", "--audio", str(corpus), "--out", str(tok)]) == 2  # would overwrite a run
+
+
+def test_sharded_tokenize_and_merge_equal_single_process(tmp_path, trained_tokenizer, corpus):
+    from tests.test_distributed import torchrun
+    single, sharded, ranks = tmp_path / "single", tmp_path / "sharded", tmp_path / "torchrun"
+    assert main(["tokenize", "--tokenizer", str(trained_tokenizer), "--audio", str(corpus), "--out", str(single),
+                 "--quiet"]) == 0
+    for i in range(3):
+        assert main(["tokenize", "--tokenizer", str(trained_tokenizer), "--audio", str(corpus), "--out",
+                     str(sharded), "--shard", f"{i}/3", "--workers", "0", "--quiet"]) == 0
+    assert sorted(p.name for p in sharded.glob("index*.jsonl")) == [f"index.shard{i}-of-3.jsonl" for i in range(3)]
+    assert main(["merge-store", str(sharded)]) == 0
+    assert [p.name for p in sharded.glob("index*.jsonl")] == ["index.jsonl"]
+    torchrun(["tokenize", "--tokenizer", str(trained_tokenizer), "--audio", str(corpus), "--out", str(ranks),
+              "--workers", "0", "--quiet"])
+    a = TokenStore(single)
+    for other in (TokenStore(sharded), TokenStore(ranks)):
+        assert [e.path for e in other.items] == [e.path for e in a.items]
+        for i in range(len(a)):
+            np.testing.assert_array_equal(other.codes(i), a.codes(i))
+    assert main(["tokenize", "--tokenizer", str(trained_tokenizer), "--audio", str(corpus), "--out", str(sharded),
+                 "--shard", "3/3"]) == 2

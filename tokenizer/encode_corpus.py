@@ -70,8 +70,10 @@ class TokenizeResult:
 class ChunkStream(torch.utils.data.IterableDataset):
     """Yields, per file, `("chunk", i, chunk, left, n_core)` items then one `("end", i, seconds, error)`."""
 
-    def __init__(self, corpus: AudioCorpus, files: list[str], featurizer: Featurizer, core: int, context: int):
+    def __init__(self, corpus: AudioCorpus, files: list[str], featurizer: Featurizer, core: int, context: int,
+                 min_seconds: float = 0.0):
         self.corpus, self.files, self.fz, self.core, self.context = corpus, files, featurizer, core, context
+        self.min_seconds = min_seconds
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -83,7 +85,11 @@ class ChunkStream(torch.utils.data.IterableDataset):
                 for chunk, left, n_core in overlapping_chunks(blocks, self.core, self.context):
                     units += n_core
                     yield ("chunk", i, chunk, left, n_core)
-                yield ("end", i, units / self.fz.units_per_second, "")
+                seconds = units / self.fz.units_per_second
+                if seconds < self.min_seconds:
+                    raise AudioError(self.files[i], f"too short ({seconds * 1000:.0f} ms; one code frame is "
+                                                    f"{self.min_seconds * 1000:.0f} ms)")
+                yield ("end", i, seconds, "")
             except AudioError as e:
                 yield ("end", i, 0.0, e.reason)
             except Exception as e:  # noqa: BLE001 - one bad file must never stop the corpus
@@ -125,7 +131,8 @@ def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, work
     result = TokenizeResult(Path(store), len(corpus.files if files is None else files), 0, skipped)
 
     fz = Featurizer(model.cfg)
-    stream = ChunkStream(corpus, [t[0] for t in todo], fz, chunk_codes * model.units_per_code, model.context_units)
+    stream = ChunkStream(corpus, [t[0] for t in todo], fz, chunk_codes * model.units_per_code, model.context_units,
+                         min_seconds=1.0 / model.frame_rate)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers if todo else 0,
                                          prefetch_factor=4 if workers and todo else None,
                                          worker_init_fn=_worker_init if workers and todo else None)
