@@ -15,7 +15,7 @@ from musetok.shared.io import (
     CheckpointError,
     load_state_dict_strict,
     load_weights,
-    read_json,
+    read_versioned_json,
     save_model_folder,
 )
 
@@ -32,12 +32,7 @@ def save_prior(folder: str | Path, model: Prior) -> None:
 
 def read_prior_config(folder: str | Path) -> PriorConfig:
     path = Path(folder) / CONFIG_FILE
-    meta = read_json(path)
-    if not isinstance(meta, dict) or meta.get("kind") != "musetok-prior":
-        raise CheckpointError(f"{path}: not a musetok prior config")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: unknown format version {meta.get('format_version')!r} "
-                              f"(this musetok reads {FORMAT_VERSION})")
+    meta = read_versioned_json(path, "musetok-prior", FORMAT_VERSION, "prior config")
     try:
         return from_dict(PriorConfig, meta["config"])
     except (ConfigError, KeyError) as e:

@@ -47,18 +47,3 @@ class WindowSource:
             else:
                 x[b, :, :n] = self.store.window(self.items[j], start, n)
         return Batch(torch.from_numpy(x), torch.from_numpy(lens), torch.from_numpy(seeds))
-
-
-class WindowDataset(torch.utils.data.Dataset):
-    """Map-style over step numbers so DataLoader workers build batches in parallel."""
-
-    def __init__(self, source: WindowSource, seed: int, batch_size: int, start: int, stop: int,
-                 part: slice = slice(None)):
-        self.source, self.seed, self.batch_size, self.start, self.stop = source, seed, batch_size, start, stop
-        self.part = part
-
-    def __len__(self):
-        return self.stop - self.start
-
-    def __getitem__(self, i):
-        return self.source.batch(self.seed, self.start + i, self.batch_size, self.part)

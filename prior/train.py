@@ -20,24 +20,25 @@ from tqdm import tqdm
 
 from musetok.prior.builder import save_prior
 from musetok.prior.config import PriorConfig
-from musetok.prior.data import WindowDataset, WindowSource
+from musetok.prior.data import WindowSource
 from musetok.prior.model import Prior
 from musetok.prior.objectives import compute_loss
 from musetok.shared import distributed
 from musetok.shared.config import ConfigError, check, from_dict, to_dict
-from musetok.shared.io import STATE_FILE, load_train_state, read_json, save_train_state, unwrap, write_json
+from musetok.shared.io import read_json, write_json
 from musetok.shared.plots import plot_curves
 from musetok.shared.token_store import TokenStore
 from musetok.shared.training import (
     MetricsLog,
+    StepDataset,
     lr_at,
     make_optimizer,
     read_metrics,
-    rng_state,
-    seed_everything,
+    restore_state,
+    save_state,
     set_lr,
-    set_rng_state,
     split_files,
+    start_run,
 )
 
 log = logging.getLogger("musetok")
@@ -104,14 +105,7 @@ def train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, res
     """Train (or continue, with `resume`) a prior; `stop_at` ends this run early with a checkpoint."""
     tc, mc = run.train, run.model
     out = Path(out)
-    if not resume and (out / STATE_FILE).exists():
-        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-    d, device = distributed.init(tc.device)  # torchrun: one process per device, global batch split across them
-    part = d.part(tc.batch_size)
-    if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    d.barrier()
-    seed_everything(tc.seed)
+    d, device, part = start_run(out, resume, tc.device, tc.batch_size, tc.seed)
     use_bf16 = tc.dtype == "bfloat16" or (tc.dtype == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
 
@@ -136,11 +130,7 @@ def train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, res
     opt = make_optimizer(model, tc.lr, tc.weight_decay)
     step = 0
     if resume:
-        state = load_train_state(out)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        step = int(state["step"])
+        step = restore_state(out, model, opt)
         log.info("resuming %s at step %d", out, step)
     ddp_model = distributed.wrap(model, d, device)
     fwd_model = torch.compile(ddp_model) if tc.compile else ddp_model
@@ -165,7 +155,7 @@ def train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, res
     # -- the loop ----------------------------------------------------------------------------------
     last = tc.steps if stop_at is None else min(stop_at, tc.steps)
     loader = torch.utils.data.DataLoader(
-        WindowDataset(train_src, tc.seed, tc.batch_size, step * tc.grad_accum, last * tc.grad_accum, part),
+        StepDataset(train_src, tc.seed, tc.batch_size, step * tc.grad_accum, last * tc.grad_accum, part),
         batch_size=None, shuffle=False, num_workers=tc.num_workers,
         generator=torch.Generator().manual_seed(tc.seed))  # keeps the global RNG untouched (exact resume)
     batches = iter(loader)
@@ -209,8 +199,7 @@ def train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, res
         if step % tc.checkpoint_every == 0 or step == last:
             if d.is_main:
                 save_prior(out, model)
-                save_train_state(out, {"step": step, "model": unwrap(model).state_dict(),
-                                       "optimizer": opt.state_dict(), "rng": rng_state()})
+                save_state(out, model, opt, step)
             d.barrier()
         bar.update(1)
     bar.close()

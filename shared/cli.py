@@ -29,18 +29,23 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
                    help="override a config key, e.g. --set model.codebook_size=1024 (repeatable)")
 
 
+def _run_config(cls, a: argparse.Namespace, kind: str, load_saved):
+    """The run config: from --config + --set, or with --resume the saved run's config + --set."""
+    from musetok.shared.config import apply_override, from_dict, load_config, to_dict
+
+    if not a.resume:
+        return load_config(cls, a.config, a.overrides, kind=kind)
+    d = to_dict(load_saved(a.out))
+    for item in a.overrides:
+        apply_override(d, item)
+    return from_dict(cls, d)
+
+
 # ---------------------------------------------------------------------------------------------------
 def cmd_train_tokenizer(a: argparse.Namespace) -> int:
-    from musetok.shared.config import apply_override, from_dict, load_config, to_dict
     from musetok.tokenizer.train import TokenizerRunConfig, load_run_config, train_tokenizer
 
-    if a.resume:
-        d = to_dict(load_run_config(a.out))
-        for item in a.overrides:
-            apply_override(d, item)
-        run = from_dict(TokenizerRunConfig, d)
-    else:
-        run = load_config(TokenizerRunConfig, a.config, a.overrides, kind="tokenizer")
+    run = _run_config(TokenizerRunConfig, a, "tokenizer", load_run_config)
     r = train_tokenizer(run, a.audio, a.out, resume=a.resume, progress=not a.quiet)
     usage = ", ".join(f"{u:.0f}%" for u in r.valid_usage)
     print(f"tokenizer {r.tokenizer_id} -> {r.out}: {r.steps} steps, valid recon loss {r.valid_recon_loss:.4f}, "
@@ -102,15 +107,8 @@ def cmd_decode(a: argparse.Namespace) -> int:
 
 def cmd_pretrain(a: argparse.Namespace) -> int:
     from musetok.prior.train import PriorRunConfig, load_run_config, train_prior
-    from musetok.shared.config import apply_override, from_dict, load_config, to_dict
 
-    if a.resume:
-        d = to_dict(load_run_config(a.out))
-        for item in a.overrides:
-            apply_override(d, item)
-        run = from_dict(PriorRunConfig, d)
-    else:
-        run = load_config(PriorRunConfig, a.config, a.overrides, kind="prior")
+    run = _run_config(PriorRunConfig, a, "prior", load_run_config)
     r = train_prior(run, a.store, a.out, resume=a.resume, progress=not a.quiet)
     extra = f", accuracy {r.valid_accuracy:.3f}, perplexity {r.valid_perplexity:.2f}" if r.valid_accuracy is not None \
         else ""

@@ -76,6 +76,19 @@ def read_json(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
 
+def read_versioned_json(path: str | Path, kind: str, version: int, what: str) -> dict:
+    """Read a JSON file that must carry `"kind": kind` and `"format_version": version`; refuse
+    anything else with a message naming the file."""
+    path = Path(path)
+    meta = read_json(path)
+    if not isinstance(meta, dict) or meta.get("kind") != kind:
+        raise CheckpointError(f"{path}: not a musetok {what}")
+    if meta.get("format_version") != version:
+        raise CheckpointError(f"{path}: unknown format version {meta.get('format_version')!r} "
+                              f"(this musetok reads {version})")
+    return meta
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module under DDP and/or torch.compile wrappers (no `module.` / `_orig_mod.` prefixes)."""
     while True:

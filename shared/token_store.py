@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musetok.shared.io import CheckpointError, read_json, write_json
+from musetok.shared.io import CheckpointError, read_versioned_json, write_json
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -114,12 +114,7 @@ def read_meta(root: str | Path) -> StoreMeta:
     root = Path(root)
     if not root.is_dir():
         raise CheckpointError(f"{root}: no such token store")
-    d = read_json(root / META_FILE)
-    if not isinstance(d, dict) or d.get("kind") != "musetok-token-store":
-        raise CheckpointError(f"{root / META_FILE}: not a musetok token store")
-    if d.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{root / META_FILE}: unknown format version {d.get('format_version')!r} "
-                              f"(this musetok reads {FORMAT_VERSION})")
+    d = read_versioned_json(root / META_FILE, "musetok-token-store", FORMAT_VERSION, "token store")
     try:
         return StoreMeta(**d)
     except TypeError as e:

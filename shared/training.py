@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from musetok.shared.config import ConfigError
+from musetok.shared.io import STATE_FILE, load_train_state, save_train_state, unwrap
+
 
 def split_files(files: list[str], valid_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Deterministic split by file (hash of path and seed). Keeps at least one file on each side
@@ -131,3 +134,48 @@ def read_metrics(path: str | Path) -> list[dict]:
         except ValueError:
             continue
     return out
+
+
+def start_run(out: Path, resume: bool, device: str, batch_size: int, seed: int):
+    """Common start of a training run: refuse to overwrite a run unless resuming, join torchrun's
+    process group if any, create `out` (rank 0), seed. Returns (Dist, device, this rank's batch slice)."""
+    from musetok.shared import distributed
+
+    if not resume and (out / STATE_FILE).exists():
+        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    d, dev = distributed.init(device)  # torchrun: one process per device, global batch split across them
+    part = d.part(batch_size)
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    d.barrier()
+    seed_everything(seed)
+    return d, dev, part
+
+
+def restore_state(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
+    """Load model, optimizer and RNG states from `out/train_state.pt`; returns the step to continue from."""
+    state = load_train_state(out)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def save_state(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
+    save_train_state(out, {"step": step, "model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                           "rng": rng_state()})
+
+
+class StepDataset(torch.utils.data.Dataset):
+    """Map-style dataset over step numbers: item i is `source.batch(seed, start + i, batch_size, part)`, so
+    DataLoader workers build batches in parallel and batch s depends on (seed, s) alone."""
+
+    def __init__(self, source, seed: int, batch_size: int, start: int, stop: int, part: slice = slice(None)):
+        self.source, self.seed, self.batch_size, self.start, self.stop = source, seed, batch_size, start, stop
+        self.part = part
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def __getitem__(self, i):
+        return self.source.batch(self.seed, self.start + i, self.batch_size, self.part)

@@ -18,7 +18,7 @@ from musetok.shared.io import (
     CheckpointError,
     load_state_dict_strict,
     load_weights,
-    read_json,
+    read_versioned_json,
     save_model_folder,
     unwrap,
     write_json,
@@ -61,12 +61,7 @@ def save_tokenizer(folder: str | Path, model: Tokenizer) -> str:
 
 
 def read_tokenizer_config(folder: str | Path) -> tuple[TokenizerConfig, str]:
-    meta = read_json(Path(folder) / CONFIG_FILE)
-    if not isinstance(meta, dict) or meta.get("kind") != "musetok-tokenizer":
-        raise CheckpointError(f"{Path(folder) / CONFIG_FILE}: not a musetok tokenizer config")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{Path(folder) / CONFIG_FILE}: unknown format version "
-                              f"{meta.get('format_version')!r} (this musetok reads {FORMAT_VERSION})")
+    meta = read_versioned_json(Path(folder) / CONFIG_FILE, "musetok-tokenizer", FORMAT_VERSION, "tokenizer config")
     try:
         return from_dict(TokenizerConfig, meta["config"]), meta["tokenizer_id"]
     except (ConfigError, KeyError) as e:

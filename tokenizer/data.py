@@ -75,18 +75,3 @@ class SegmentSource:
             0.0, np.asarray(self.durations)[idx] - self.segment_seconds)
         segs = [self.segment(int(i), float(s)) for i, s in zip(idx[part], starts[part])]
         return torch.from_numpy(np.stack(segs))
-
-
-class BatchDataset(torch.utils.data.Dataset):
-    """Map-style dataset over step numbers, so DataLoader workers build batches in parallel."""
-
-    def __init__(self, source: SegmentSource, seed: int, batch_size: int, start: int, stop: int,
-                 part: slice = slice(None)):
-        self.source, self.seed, self.batch_size, self.start, self.stop = source, seed, batch_size, start, stop
-        self.part = part
-
-    def __len__(self):
-        return self.stop - self.start
-
-    def __getitem__(self, i):
-        return self.source.batch(self.seed, self.start + i, self.batch_size, self.part)

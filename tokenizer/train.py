@@ -19,23 +19,24 @@ from tqdm import tqdm
 
 from musetok.shared import distributed
 from musetok.shared.audio import AudioError, list_audio
-from musetok.shared.config import ConfigError, check, from_dict, to_dict
-from musetok.shared.io import STATE_FILE, load_train_state, read_json, save_train_state, unwrap, write_json
+from musetok.shared.config import check, from_dict, to_dict
+from musetok.shared.io import read_json, write_json
 from musetok.shared.normalize import MelStats, MelStatsAccumulator
 from musetok.shared.plots import plot_codebook_usage, plot_reconstruction
 from musetok.shared.training import (
     MetricsLog,
+    StepDataset,
     lr_at,
     make_optimizer,
-    rng_state,
-    seed_everything,
+    restore_state,
+    save_state,
     set_lr,
-    set_rng_state,
     split_files,
+    start_run,
 )
 from musetok.tokenizer.builder import build_tokenizer, save_tokenizer
 from musetok.tokenizer.config import TokenizerConfig
-from musetok.tokenizer.data import BatchDataset, SegmentSource
+from musetok.tokenizer.data import SegmentSource
 from musetok.tokenizer.features import Featurizer
 
 log = logging.getLogger("musetok")
@@ -118,14 +119,7 @@ def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path,
     checkpoint, keeping the schedule of `train.steps` (for time-limited jobs)."""
     tc, mc = run.train, run.model
     out = Path(out)
-    if not resume and (out / STATE_FILE).exists():
-        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-    d, device = distributed.init(tc.device)  # torchrun: one process per device, global batch split across them
-    part = d.part(tc.batch_size)
-    if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    d.barrier()
-    seed_everything(tc.seed)
+    d, device, part = start_run(out, resume, tc.device, tc.batch_size, tc.seed)
 
     # -- data: split by file, segments sampled per step from (seed, step) --------------------------
     corpus = list_audio(audio)
@@ -150,11 +144,7 @@ def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path,
     opt = make_optimizer(model, tc.lr, tc.weight_decay)
     step = 0
     if resume:
-        state = load_train_state(out)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        step = int(state["step"])
+        step = restore_state(out, model, opt)
         log.info("resuming %s at step %d", out, step)
     ddp_model = distributed.wrap(model, d, device)
     if d.is_main:
@@ -178,13 +168,12 @@ def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path,
 
     def checkpoint() -> str:
         tok_id = save_tokenizer(out, model)
-        save_train_state(out, {"step": step, "model": unwrap(model).state_dict(),
-                               "optimizer": opt.state_dict(), "rng": rng_state()})
+        save_state(out, model, opt, step)
         return tok_id
 
     # -- the loop ----------------------------------------------------------------------------------
     last = tc.steps if stop_at is None else min(stop_at, tc.steps)
-    loader = torch.utils.data.DataLoader(BatchDataset(train_src, tc.seed, tc.batch_size, step, last, part),
+    loader = torch.utils.data.DataLoader(StepDataset(train_src, tc.seed, tc.batch_size, step, last, part),
                                          batch_size=None, shuffle=False, num_workers=tc.num_workers,
                                          # its own generator: drawing the loader's seed from the global RNG
                                          # would shift the VQ's random draws after a resume
