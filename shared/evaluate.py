@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,11 @@ def align(fs: FeatureSet, labels: Labels) -> np.ndarray:
     return fs.x[[pos[p] for p in labels.paths]]
 
 
+def slug(name: str) -> str:
+    """A file-name-safe form of a feature-set or target name ("musetok (mlm prior)" -> "musetok_mlm_prior")."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_")
+
+
 def run_probes(feature_sets: list[FeatureSet], labels_csv: str | Path, targets: list[tuple[str, str]],
                out: str | Path, seed: int = 0, probes: tuple[str, ...] = ("linear", "mlp"),
                log=print) -> list[ProbeResult]:
@@ -75,11 +81,11 @@ def run_probes(feature_sets: list[FeatureSet], labels_csv: str | Path, targets: 
             log(f"  {column:12s} {fs.name:22s} {r.metric} test {r.test[r.metric]:.3f} "
                 f"(valid {r.valid[r.metric]:.3f}, {r.layer}, {r.probe})")
             if len(r.per_layer) > 1:
-                plot_layer_curve(out / f"layers_{fs.name}_{column}.png", [p[0] for p in r.per_layer],
+                plot_layer_curve(out / f"layers_{slug(fs.name)}_{slug(column)}.png", [p[0] for p in r.per_layer],
                                  [p[1] for p in r.per_layer], [p[2] for p in r.per_layer], r.metric,
                                  f"{fs.name} on {column}: best layer on valid = {r.layer}")
         rs = [r for r in results if r.target == column]
-        plot_bars(out / f"probe_{column}.png", [r.features for r in rs], [r.test[r.metric] for r in rs],
+        plot_bars(out / f"probe_{slug(column)}.png", [r.features for r in rs], [r.test[r.metric] for r in rs],
                   f"test {rs[0].metric}", f"{column} ({task}), layer chosen on validation")
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
