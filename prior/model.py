@@ -191,6 +191,3 @@ class Prior(nn.Module):
     def frame_prediction(self, h: torch.Tensor) -> torch.Tensor:
         """Normalised states `(..., D)` -> frames `(..., F)`."""
         return self.head(h)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())

@@ -43,10 +43,6 @@ class MelVQVAE(Tokenizer):
         dec += [nn.GELU(), nn.Conv1d(c, m, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
 
-    def set_stats(self, stats: MelStats) -> None:
-        self.mel_mean.copy_(torch.from_numpy(stats.mean)[:, None])
-        self.mel_std.copy_(torch.from_numpy(stats.std)[:, None])
-
     def stats(self) -> MelStats:
         return MelStats(self.mel_mean[:, 0].cpu().numpy().astype(np.float32),
                         self.mel_std[:, 0].cpu().numpy().astype(np.float32), 0)
