@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from musetok.prior.config import PriorConfig
+from musetok.prior.data import Batch
 from musetok.prior.model import Prior
-from musetok.prior.objectives import Batch, compute_loss
+from musetok.prior.objectives import compute_loss
 from musetok.shared.training import make_optimizer
 
 
@@ -129,11 +130,12 @@ def bench_training(args) -> None:
 
 
 def bench_embedding() -> None:
-    from musetok.prior.embed import Embedder
-    from musetok.prior.train import PriorRunConfig, build_prior_for_store
+    from musetok.demo.corpus import DemoCorpusConfig, make_demo_corpus
+    from musetok.embedding import Embedder
+    from musetok.prior.builder import bind_to_store
+    from musetok.prior.model import Prior
+    from musetok.prior.train import PriorRunConfig
     from musetok.shared.config import load_config
-    from musetok.shared.demo_corpus import DemoCorpusConfig, make_demo_corpus
-    from musetok.shared.token_store import StoreMeta
     from musetok.tokenizer.builder import build_tokenizer
     from musetok.tokenizer.train import TokenizerRunConfig
 
@@ -141,11 +143,8 @@ def bench_embedding() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="musetok-bench-"))
     make_demo_corpus(tmp / "audio", DemoCorpusConfig(pieces=24, seconds=20.0))
     tok = build_tokenizer(load_config(TokenizerRunConfig, "small", kind="tokenizer").model).eval()
-    tok.tokenizer_id = "bench"
-
-    class _Store:  # the prior only needs the store's metadata to size itself
-        meta = StoreMeta("bench", tok.codebook_size, tok.num_codebooks, tok.frame_rate, frames_dim=tok.frames_dim)
-    prior = build_prior_for_store(load_config(PriorRunConfig, "small", kind="prior").model, _Store()).eval()
+    cfg = load_config(PriorRunConfig, "small", kind="prior").model
+    prior = Prior(bind_to_store(cfg, tok.store_meta())).eval()  # the prior only needs the store's metadata
     emb = Embedder(tok, prior)
     files = sorted((tmp / "audio").rglob("*.wav"))
     t = time.time()

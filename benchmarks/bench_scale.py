@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_tokenize import default_audio, peak_rss_child, pick_files, write_manifest  # noqa: E402
 
+from musetok.demo.corpus import DemoCorpusConfig, make_demo_corpus  # noqa: E402
 from musetok.shared.config import load_config  # noqa: E402
-from musetok.shared.demo_corpus import DemoCorpusConfig, make_demo_corpus  # noqa: E402
 from musetok.shared.token_store import StoreMeta, TokenStoreWriter  # noqa: E402
 from musetok.tokenizer.builder import build_tokenizer, save_tokenizer  # noqa: E402
 from musetok.tokenizer.train import TokenizerRunConfig  # noqa: E402
@@ -94,7 +94,7 @@ def main() -> None:
     manifest = write_manifest(tmp / "m", root, chosen)
     rtf: dict[int, float] = {}
     for w in (1, 2, 1, 2):  # interleaved, best of two each; the run's own real-time factor (no start-up)
-        r = subprocess.run([sys.executable, "-m", "musetok.shared.cli", "tokenize", "--tokenizer", str(tok),
+        r = subprocess.run([sys.executable, "-m", "musetok.cli", "tokenize", "--tokenizer", str(tok),
                             "--audio", str(manifest), "--out", str(tmp / f"par{w}-{time.time()}"), "--workers", str(w),
                             "--quiet"], check=True, capture_output=True, text=True)
         x = float(re.search(r"\((\d+)x real time\)", r.stdout).group(1))

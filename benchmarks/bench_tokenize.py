@@ -85,7 +85,7 @@ def main() -> None:
     audio = args.audio or default_audio()
     tmp = Path(tempfile.mkdtemp(prefix="musetok-bench-"))
     if audio is None:
-        from musetok.shared.demo_corpus import DemoCorpusConfig, make_demo_corpus
+        from musetok.demo.corpus import DemoCorpusConfig, make_demo_corpus
 
         audio = tmp / "demo"
         make_demo_corpus(audio, DemoCorpusConfig(pieces=40, seconds=15.0))
@@ -96,7 +96,7 @@ def main() -> None:
     run = load_config(TokenizerRunConfig, "small", kind="tokenizer")
     model = build_tokenizer(run.model).eval()
     tok_dir = tmp / "tok"
-    model.tokenizer_id = save_tokenizer(tok_dir, model)
+    save_tokenizer(tok_dir, model)
     fz = Featurizer(run.model)
 
     # 1. front-end alone (one process: decode + resample + log-mel)

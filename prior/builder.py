@@ -4,59 +4,57 @@ from codes of another tokenizer."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from musetok.prior.config import PriorConfig
 from musetok.prior.model import Prior
-from musetok.shared.config import ConfigError, from_dict, to_dict
-from musetok.shared.io import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    CheckpointError,
-    load_state_dict_strict,
-    load_weights,
-    read_versioned_json,
-    save_model_folder,
-)
+from musetok.shared.config import to_dict
+from musetok.shared.io import CheckpointError, load_model_weights, read_model_config, save_model_folder, unwrap
+from musetok.shared.token_store import StoreMeta, TokenStore
 
 FORMAT_VERSION = 1
 
 
-def save_prior(folder: str | Path, model: Prior) -> None:
-    from musetok.shared.io import unwrap
+def bind_to_store(cfg: PriorConfig, meta: StoreMeta) -> PriorConfig:
+    """A copy of `cfg` with its input/output sizes and tokenizer identity taken from a token store's meta."""
+    return replace(cfg, codebook_size=meta.codebook_size, num_codebooks=meta.num_codebooks,
+                   frame_rate=meta.frame_rate, tokenizer_id=meta.tokenizer_id, frame_dim=meta.frames_dim)
 
+
+def build_prior_for_store(cfg: PriorConfig, store: TokenStore) -> Prior:
+    """A fresh (untrained) prior sized for this store: the random-weights control of the probes."""
+    return Prior(bind_to_store(cfg, store.meta))
+
+
+def save_prior(folder: str | Path, model: Prior) -> None:
     m = unwrap(model)
     save_model_folder(folder, m, {"kind": "musetok-prior", "format_version": FORMAT_VERSION,
                                   "config": to_dict(m.cfg)})
 
 
 def read_prior_config(folder: str | Path) -> PriorConfig:
-    path = Path(folder) / CONFIG_FILE
-    meta = read_versioned_json(path, "musetok-prior", FORMAT_VERSION, "prior config")
-    try:
-        return from_dict(PriorConfig, meta["config"])
-    except (ConfigError, KeyError) as e:
-        raise CheckpointError(f"{path}: {e}") from None
+    return read_model_config(folder, "musetok-prior", FORMAT_VERSION, "prior config", PriorConfig)[0]
 
 
-def check_tokenizer(cfg: PriorConfig, tokenizer, where: str | Path) -> None:
-    """Refuse a tokenizer other than the one the prior was trained on, saying what differs."""
-    pairs = [("tokenizer_id", cfg.tokenizer_id, getattr(tokenizer, "tokenizer_id", "")),
-             ("frame_rate", cfg.frame_rate, tokenizer.frame_rate)]
+def check_tokenizer(cfg: PriorConfig, meta: StoreMeta, where: str | Path) -> None:
+    """Refuse codes or frames from a tokenizer other than the one the prior was trained on (given as the
+    meta of a store it wrote, `tokenizer.store_meta()`), saying what differs."""
+    pairs = [("tokenizer_id", cfg.tokenizer_id, meta.tokenizer_id), ("frame_rate", cfg.frame_rate, meta.frame_rate)]
     if cfg.discrete:
-        pairs += [("codebook_size", cfg.codebook_size, tokenizer.codebook_size),
-                  ("num_codebooks", cfg.num_codebooks, tokenizer.num_codebooks)]
+        pairs += [("codebook_size", cfg.codebook_size, meta.codebook_size),
+                  ("num_codebooks", cfg.num_codebooks, meta.num_codebooks)]
     for key, want, got in pairs:
         if want != got:
             raise CheckpointError(f"{where}: prior was trained on tokenizer {cfg.tokenizer_id} but got tokenizer "
-                                  f"{getattr(tokenizer, 'tokenizer_id', '?')} ({key}: {want!r} != {got!r})")
+                                  f"{meta.tokenizer_id} ({key}: {want!r} != {got!r})")
 
 
 def load_prior(folder: str | Path, device: str = "cpu", tokenizer=None) -> Prior:
     """Rebuild a prior in eval mode; with `tokenizer`, check it is the one the prior was trained on."""
     cfg = read_prior_config(folder)
     if tokenizer is not None:
-        check_tokenizer(cfg, tokenizer, folder)
+        check_tokenizer(cfg, tokenizer.store_meta(), folder)
     model = Prior(cfg)
-    load_state_dict_strict(model, load_weights(folder), Path(folder) / WEIGHTS_FILE)
+    load_model_weights(model, folder)
     return model.to(device).eval()

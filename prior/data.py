@@ -5,11 +5,26 @@ Batch `s` is a pure function of (seed, s): runs are reproducible and `--resume` 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from musetok.prior.objectives import Batch
+from musetok.shared.errors import UserError
 from musetok.shared.token_store import TokenStore
+
+
+@dataclass
+class Batch:
+    """x: codes `(B, K, T)` int64 or frames `(B, T, F)` float32; lengths `(B,)` valid frames;
+    seeds `(B,)` int64: each row's masking seed."""
+
+    x: torch.Tensor
+    lengths: torch.Tensor
+    seeds: torch.Tensor
+
+    def to(self, device) -> Batch:
+        return Batch(self.x.to(device, non_blocking=True), self.lengths.to(device), self.seeds)
 
 
 class WindowSource:
@@ -19,7 +34,7 @@ class WindowSource:
         self.store, self.items, self.max_len, self.frames = store, items, max_len, frames
         self.lengths = np.array([store.items[i].length for i in items], dtype=np.int64)
         if frames and not store.has_frames:
-            raise ValueError(f"{store.root}: continuous objectives need mel frames in the store "
+            raise UserError(f"{store.root}: continuous objectives need mel frames in the store "
                              "(run `musetok tokenize --with-frames`)")
 
     @property

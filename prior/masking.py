@@ -23,16 +23,18 @@ def span_mask(lengths: torch.Tensor, max_len: int, rate: float, span: int, gens:
         max_len: T, the padded length.
         gens: one generator per row.
     Returns:
-        `(B, T)` bool, True where masked; never True in padding. Each sequence gets
-        `round(rate * length / span)` (at least 1) span starts drawn without replacement, so spans may
-        touch or overlap (then the masked fraction is a little under `rate`).
+        `(B, T)` bool, True where masked; never True in padding. A sequence of n frames aims at
+        m = rate * n masked frames: spans of `min(span, round(m))` frames (at least 1), `round(m / width)`
+        of them (at least 1, so every sequence is scored), starts drawn without replacement, so spans may
+        touch or overlap (then the masked fraction is a little under `rate`). Short sequences get shorter
+        spans rather than one full span: 6 frames at rate 0.3 and span 5 mask 2 frames, not 5.
     """
     mask = torch.zeros(lengths.shape[0], max_len, dtype=torch.bool)
     for i, g in enumerate(gens):
         n = int(lengths[i])
         if n <= 0:
             continue
-        width = min(span, n)
+        width = max(1, min(span, round(rate * n)))
         starts_avail = n - width + 1
         k = max(1, min(starts_avail, round(rate * n / width)))
         starts = torch.randperm(starts_avail, generator=g)[:k]

@@ -20,8 +20,10 @@ from musetok.prior.config import PriorConfig
 
 @dataclass
 class PriorOutput:
-    """hidden: final normalised states `(B, T, D)`; hidden_states: per layer `(B, T, D)`, the input
-    embedding first, then each block's output (only when asked for)."""
+    """hidden: final states after the last LayerNorm, `(B, T, D)` (what the output heads read);
+    hidden_states (only when asked for): per layer `(B, T, D)`, the input embedding first, then each
+    block's output, the last one after the final LayerNorm (as GPT-2 reports it), so the last entry
+    equals `hidden`. Inner blocks' outputs are the un-normalised residual stream."""
 
     hidden: torch.Tensor
     hidden_states: list[torch.Tensor] | None = None
@@ -133,6 +135,11 @@ class Prior(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init)
+        # Projections that write into the residual stream start smaller, std 0.02 / sqrt(2 * layers) (GPT-2,
+        # nanoGPT), so the stream's variance does not grow with depth at init.
+        for block in self.blocks:
+            for proj in (block.attn.out, block.mlp.down):
+                nn.init.normal_(proj.weight, std=0.02 / (2 * cfg.layers) ** 0.5)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -179,9 +186,12 @@ class Prior(nn.Module):
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             h = block(h, cos, sin, attn_mask, self.cfg.causal, keep if i == last else None)
-            if states is not None:
+            if states is not None and i < last:
                 states.append(h)
-        return PriorOutput(self.norm(h), states)
+        h = self.norm(h)
+        if states is not None:
+            states.append(h)
+        return PriorOutput(h, states)
 
     def code_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Normalised states `(..., D)` -> logits `(..., K, V)`, tied to the code embeddings."""

@@ -13,22 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from musetok.prior.data import Batch
 from musetok.prior.masking import corrupt_codes, corrupt_frames, row_generators, span_mask
 from musetok.prior.model import Prior
 from musetok.shared.io import unwrap
-
-
-@dataclass
-class Batch:
-    """x: codes `(B, K, T)` int64 or frames `(B, T, F)` float32; lengths `(B,)` valid frames;
-    seeds `(B,)` int64: each row's masking seed."""
-
-    x: torch.Tensor
-    lengths: torch.Tensor
-    seeds: torch.Tensor
-
-    def to(self, device) -> Batch:
-        return Batch(self.x.to(device, non_blocking=True), self.lengths.to(device), self.seeds)
 
 
 @dataclass

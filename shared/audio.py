@@ -18,12 +18,14 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from musetok.shared.errors import UserError
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".opus")
 # Formats whose header gives an exact frame count, so a file that ends early is known to be truncated.
 EXACT_LENGTH_FORMATS = ("WAV", "WAVEX", "FLAC", "AIFF", "AU", "W64", "RF64")
 
 
-class AudioError(Exception):
+class AudioError(UserError):
     """A file that cannot be used as audio. `reason` is short enough for an index or a table."""
 
     def __init__(self, path: str | Path, reason: str):

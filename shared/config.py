@@ -18,13 +18,15 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from musetok.shared.errors import UserError
+
 T = TypeVar("T")
 
 # Top-level folder holding the YAML configs (only present in a source checkout / editable install).
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad config: unknown key, wrong type, missing file. The message is one line."""
 
 

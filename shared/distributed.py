@@ -1,6 +1,6 @@
 """Data-parallel training on PyTorch's own engine, launched by torchrun.
 
-    torchrun --nproc_per_node 2 -m musetok.shared.cli pretrain --config small --store S --out P
+    torchrun --nproc_per_node 2 -m musetok.cli pretrain --config small --store S --out P
 
 `init()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and joins the process group:
 NCCL on GPUs, gloo on CPU. Without torchrun it is a no-op (world size 1). `train.batch_size` is the
@@ -16,6 +16,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from musetok.shared.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Dist:
     def part(self, n: int) -> slice:
         """This rank's slice of a global batch of `n` (n must divide by the world size)."""
         if n % self.world:
-            raise ValueError(f"train.batch_size {n} must divide by the number of processes ({self.world})")
+            raise ConfigError(f"train.batch_size {n} must divide by the number of processes ({self.world})")
         k = n // self.world
         return slice(self.rank * k, (self.rank + 1) * k)
 
@@ -44,12 +46,17 @@ class Dist:
             dist.barrier()
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def init(device: str = "auto") -> tuple[Dist, torch.device]:
     """Join torchrun's process group if there is one; returns (Dist, this rank's device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        from musetok.shared.training import pick_device
-
         return Dist(), pick_device(device)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")

@@ -12,18 +12,23 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from musetok.shared.config import ConfigError, from_dict
+from musetok.shared.errors import UserError
+
+T = TypeVar("T")
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint or store that is missing, damaged or of an unknown format. Names the file."""
 
 
@@ -123,6 +128,22 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict, source: str | Pa
     if missing or unexpected:
         raise CheckpointError(f"{source}: weights do not fit the model in config.json "
                               f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+
+
+def read_model_config(folder: str | Path, kind: str, version: int, what: str, cls: type[T]) -> tuple[T, dict]:
+    """A model folder's `config.json`: check kind and version, build the config dataclass `cls` from its
+    `"config"` entry. Returns (config, the whole JSON)."""
+    path = Path(folder) / CONFIG_FILE
+    meta = read_versioned_json(path, kind, version, what)
+    try:
+        return from_dict(cls, meta["config"]), meta
+    except (ConfigError, KeyError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def load_model_weights(model: torch.nn.Module, folder: str | Path) -> None:
+    """Load a model folder's `model.safetensors` into `model`, refusing weights that do not fit it."""
+    load_state_dict_strict(model, load_weights(folder), Path(folder) / WEIGHTS_FILE)
 
 
 def save_train_state(folder: str | Path, state: dict) -> None:

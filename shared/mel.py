@@ -80,9 +80,6 @@ class MelFrontend(nn.Module):
         out = self.frames_to_logmel(frames)
         return out[0] if squeeze else out
 
-    def num_frames(self, num_samples: int) -> int:
-        return 1 + num_samples // self.cfg.hop_length
-
 
 class StreamingMel:
     """Log-mel of a waveform that arrives in blocks; the concatenated output equals `MelFrontend`.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musetok.shared.io import atomic_write_text
+from musetok.shared.io import CheckpointError, atomic_write_text
 
 
 @dataclass
@@ -31,7 +31,7 @@ class MelStats:
             d = json.loads(Path(path).read_text())
             return cls(np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32), int(d["frames"]))
         except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"{path}: not a valid normaliser file ({e})") from None
+            raise CheckpointError(f"{path}: not a valid normaliser file ({e})") from None
 
     @classmethod
     def identity(cls, n_mels: int) -> MelStats:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from musetok.shared.io import CheckpointError, read_versioned_json, write_json
+from musetok.shared.errors import UserError
+from musetok.shared.io import CheckpointError, atomic_write_text, read_versioned_json, write_json
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -45,14 +46,16 @@ class StoreMeta:
     frame_rate: float
     sample_rate: int = 0
     frames_dim: int = 0          # > 0: the store also holds mel frames (for the continuous baselines)
-    audio_root: str = ""
     kind: str = "musetok-token-store"
     format_version: int = FORMAT_VERSION
     dtype: str = "uint16"
     layout: str = "frame-major (T, K)"
 
-    def check_compatible(self, other: StoreMeta, where: str) -> None:
-        for key in ("tokenizer_id", "codebook_size", "num_codebooks", "frame_rate", "frames_dim"):
+    def check_compatible(self, other: StoreMeta, where: str, frames: bool = True) -> None:
+        """Refuse `other` (what a tokenizer would write) unless it is the same tokenizer; `frames`: the mel
+        frames' size must match too (when writing into the store)."""
+        keys = ("tokenizer_id", "codebook_size", "num_codebooks", "frame_rate") + (("frames_dim",) if frames else ())
+        for key in keys:
             a, b = getattr(self, key), getattr(other, key)
             if a != b:
                 raise CheckpointError(f"{where}: {key} is {a!r} in the store but {b!r} for this tokenizer")
@@ -115,6 +118,7 @@ def read_meta(root: str | Path) -> StoreMeta:
     if not root.is_dir():
         raise CheckpointError(f"{root}: no such token store")
     d = read_versioned_json(root / META_FILE, "musetok-token-store", FORMAT_VERSION, "token store")
+    d.pop("audio_root", None)  # written by musetok <= 0.1.0, never read
     try:
         return StoreMeta(**d)
     except TypeError as e:
@@ -156,9 +160,15 @@ class TokenStore:
     def hours(self) -> float:
         return sum(e.duration for e in self.items) / 3600
 
+    def summary(self) -> str:
+        m = self.meta
+        return (f"store {self.root}: tokenizer {m.tokenizer_id}, {m.num_codebooks} x {m.codebook_size} codes "
+                f"at {m.frame_rate:.2f} Hz; {len(self)} files, {self.hours:.3f} h, {self.total_frames} frames; "
+                f"{len(self.failed)} failed")
+
     def index_of(self, path: str) -> int:
         if path not in self._by_path:
-            raise KeyError(f"{path} is not in store {self.root}")
+            raise UserError(f"{path} is not in store {self.root}")
         return self._by_path[path]
 
     def _map(self, shard: str) -> np.ndarray:
@@ -291,8 +301,6 @@ def _append(path: Path, array: np.ndarray) -> None:
 def merge_indexes(root: str | Path) -> int:
     """Fold every `index.<writer>.jsonl` into `index.jsonl` (atomically), newest entry per path.
     Returns the number of entries. Safe to run again after a crash."""
-    from musetok.shared.io import atomic_write_text
-
     root = Path(root)
     entries = read_entries(root)
     text = "".join(json.dumps(asdict(e)) + "\n" for e in sorted(entries.values(), key=lambda e: e.path))

@@ -1,35 +1,40 @@
-"""Pieces both training loops (tokenizer and prior) share: schedule, optimizer, metrics log, RNG state."""
+"""The training-loop skeleton both stages run (tokenizer and prior), and what it stands on.
+
+A stage builds its data, model and optimizer, then hands `run_steps` three callables: `forward`
+(a batch -> `StepOutput`), `validate` (-> metrics) and `checkpoint` (step -> None). The skeleton owns
+everything else, identically for both stages: the learning-rate schedule, gradient accumulation,
+DDP loss weighting, clipping, logging, validation and checkpoint cadence (the last step always logs,
+validates and saves), and the progress bar. Batches come from `step_batches`: batch `s` is a pure
+function of (seed, s), so a `--resume`d run continues exactly.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from musetok.shared.config import ConfigError
-from musetok.shared.io import STATE_FILE, load_train_state, save_train_state, unwrap
+from musetok.shared import distributed
+from musetok.shared.config import ConfigError, apply_override, check, from_dict, load_config
+from musetok.shared.io import STATE_FILE, load_train_state, read_json, save_train_state, unwrap, write_json
 
-
-def split_files(files: list[str], valid_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Deterministic split by file (hash of path and seed). Keeps at least one file on each side
-    when there are two or more files."""
-    def h(p: str) -> float:
-        return int(hashlib.sha1(f"{seed}:{p}".encode()).hexdigest()[:8], 16) / 16**8
-    valid = [f for f in files if h(f) < valid_fraction]
-    train = [f for f in files if h(f) >= valid_fraction]
-    if len(files) >= 2 and valid_fraction > 0 and not valid:
-        valid = [min(train, key=h)]
-        train.remove(valid[0])
-    if not train:
-        train, valid = valid, []
-    return train, valid
+log = logging.getLogger("musetok")
+T = TypeVar("T")
+RUN_CONFIG_FILE = "run_config.json"
+METRICS_FILE = "metrics.jsonl"
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int, min_ratio: float = 0.1) -> float:
@@ -41,17 +46,22 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int, min_ratio: float =
     return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def decays(name: str, p: torch.Tensor) -> bool:
+    """Weight decay goes on weight matrices and embeddings only: never on a bias, whatever its shape (the
+    prior's `(K, V)` output bias is 2-D), nor on norms and other 1-D parameters."""
+    return p.dim() >= 2 and not name.endswith("bias")
+
+
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
                    betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
-    """AdamW with decay on matrices only (not on norms, biases, embeddings' 1-D params).
+    """AdamW with two parameter groups (see `decays`).
 
     `fused=True` kept a steady ~3 ms/step on 2 CPU cores where the for-each AdamW slowed sharply when
     another process shared the cores.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if decays(n, p)], "weight_decay": weight_decay},
+              {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0}]
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
     except (RuntimeError, TypeError):
@@ -61,12 +71,6 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for g in opt.param_groups:
         g["lr"] = lr
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -136,29 +140,112 @@ def read_metrics(path: str | Path) -> list[dict]:
     return out
 
 
-def start_run(out: Path, resume: bool, device: str, batch_size: int, seed: int):
-    """Common start of a training run: refuse to overwrite a run unless resuming, join torchrun's
-    process group if any, create `out` (rank 0), seed. Returns (Dist, device, this rank's batch slice)."""
-    from musetok.shared import distributed
 
+
+# -- the run: start, data, state -------------------------------------------------------------------
+@dataclass
+class LoopConfig:
+    """What the loop skeleton reads from a stage's `train` config (both stages' configs extend it)."""
+
+    steps: int = 2000
+    batch_size: int = 16            # global batch, split across torchrun processes
+    grad_accum: int = 1             # micro-batches per optimizer step
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    valid_fraction: float = 0.1     # of files, held out for validation
+    valid_every: int = 250
+    checkpoint_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    num_workers: int = 0            # DataLoader workers building batches
+    device: str = "auto"
+
+    def __post_init__(self):
+        check(self.steps > 0, "train.steps", "must be positive")
+        check(self.batch_size > 0, "train.batch_size", "must be positive")
+        check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        check(0 <= self.valid_fraction < 1, "train.valid_fraction", "must be in [0, 1)")
+        check(self.num_workers >= 0, "train.num_workers", "must be >= 0")
+        for key in ("valid_every", "checkpoint_every", "log_every"):
+            check(getattr(self, key) > 0, f"train.{key}", "must be positive")
+
+
+def resolve_run_config(cls: type[T], out: str | Path, config: str | None, overrides: list[str], resume: bool,
+                       kind: str) -> T:
+    """The run config: `config` + `overrides`, or with `resume` the saved run's config + `overrides`."""
+    if not resume:
+        return load_config(cls, config, overrides, kind=kind)
+    d = read_json(Path(out) / RUN_CONFIG_FILE)
+    for item in overrides:
+        apply_override(d, item)
+    return from_dict(cls, d)
+
+
+def split_files(files: list[str], valid_fraction: float, seed: int, what: str = "") -> tuple[list[str], list[str]]:
+    """Deterministic train/valid split by file (hash of path and seed), at least one file on each side when
+    there are two or more. With a single file (or `valid_fraction` 0) there is nothing to hold out: the
+    valid list is then the train list, and a warning says so."""
+    def h(p: str) -> float:
+        return int(hashlib.sha1(f"{seed}:{p}".encode()).hexdigest()[:8], 16) / 16**8
+    valid = [f for f in files if h(f) < valid_fraction]
+    train = [f for f in files if h(f) >= valid_fraction]
+    if len(files) >= 2 and valid_fraction > 0 and not valid:
+        valid = [min(train, key=h)]
+        train.remove(valid[0])
+    if not train:
+        train, valid = valid, []
+    if not valid:
+        log.warning("%sno held-out files: validating on the training files", f"{what}: " if what else "")
+        valid = list(train)
+    return train, valid
+
+
+@dataclass
+class Run:
+    """A started run: where it writes, this process's place in torchrun's group, its device and batch rows."""
+
+    out: Path
+    dist: distributed.Dist
+    device: torch.device
+    part: slice
+
+
+def start_run(out: str | Path, resume: bool, tc: LoopConfig) -> Run:
+    """Refuse to overwrite a run unless resuming, join torchrun's process group if any, create `out`
+    (rank 0), seed."""
+    out = Path(out)
     if not resume and (out / STATE_FILE).exists():
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-    d, dev = distributed.init(device)  # torchrun: one process per device, global batch split across them
-    part = d.part(batch_size)
+    d, dev = distributed.init(tc.device)  # torchrun: one process per device, global batch split across them
+    part = d.part(tc.batch_size)
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
     d.barrier()
-    seed_everything(seed)
-    return d, dev, part
+    seed_everything(tc.seed)
+    return Run(out, d, dev, part)
 
 
-def restore_state(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
-    """Load model, optimizer and RNG states from `out/train_state.pt`; returns the step to continue from."""
-    state = load_train_state(out)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
-    return int(state["step"])
+def open_state(run: Run, model: torch.nn.Module, opt: torch.optim.Optimizer, resume: bool, run_config: dict
+               ) -> tuple[int, torch.nn.Module, MetricsLog | None]:
+    """Restore model/optimizer/RNG when resuming, wrap the model for DDP, and (rank 0) write the run config
+    and open the metrics log. Returns (step to continue from, the wrapped model, the log or None)."""
+    step = 0
+    if resume:
+        state = load_train_state(run.out)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step = int(state["step"])
+        log.info("resuming %s at step %d", run.out, step)
+    wrapped = distributed.wrap(model, run.dist, run.device)
+    metrics = None
+    if run.dist.is_main:
+        write_json(run.out / RUN_CONFIG_FILE, run_config)
+        metrics = MetricsLog(run.out / METRICS_FILE, resume_step=step if resume else None)
+    return step, wrapped, metrics
 
 
 def save_state(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
@@ -179,3 +266,80 @@ class StepDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.source.batch(self.seed, self.start + i, self.batch_size, self.part)
+
+
+def step_batches(source, tc: LoopConfig, part: slice, step: int, last: int) -> Iterator:
+    """This rank's micro-batches for optimizer steps `[step, last)`, built by `tc.num_workers` DataLoader workers."""
+    ds = StepDataset(source, tc.seed, tc.batch_size, step * tc.grad_accum, last * tc.grad_accum, part)
+    # the loader's own generator: drawing its seed from the global RNG would shift the model's random
+    # draws (e.g. the VQ's) after a resume
+    return iter(torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=tc.num_workers,
+                                            generator=torch.Generator().manual_seed(tc.seed)))
+
+
+# -- the loop ----------------------------------------------------------------------------------------
+@dataclass
+class StepOutput:
+    """What a stage's `forward` returns for one micro-batch.
+
+    loss: scalar, the mean over this rank's scored units. scored: how many units it averages over (masked
+    frames, ...), used to weight ranks so N processes equal one; None when every rank scores the same
+    amount. info: anything the stage wants back in `train_metrics` (codes, counts).
+    """
+
+    loss: torch.Tensor
+    scored: int | None = None
+    info: Any = None
+
+
+def run_steps(tc: LoopConfig, run: Run, model: torch.nn.Module, wrapped: torch.nn.Module,
+              opt: torch.optim.Optimizer, batches: Iterator, step: int, last: int,
+              forward: Callable[[Any], StepOutput], train_metrics: Callable[[list[StepOutput]], dict],
+              validate: Callable[[], dict], checkpoint: Callable[[int], None], metrics: MetricsLog | None,
+              desc: str, progress: bool = True, autocast=None) -> int:
+    """Optimizer steps `[step, last)`; returns the step reached. `model` is the plain module (clipping),
+    `wrapped` its DDP form; `forward` runs on a batch already moved to the run's device. Rank 0 logs
+    every `log_every` steps and validates every `valid_every`; every rank takes part in checkpoints
+    (rank 0 writes). The last step always logs, validates and checkpoints."""
+    d = run.dist
+    autocast = autocast or contextlib.nullcontext()
+    bar = tqdm(total=last, initial=step, desc=desc, unit="step", disable=not progress or not d.is_main)
+    model.train()
+    while step < last:
+        lr = lr_at(step, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
+        set_lr(opt, lr)
+        outs = []
+        for micro in range(tc.grad_accum):
+            batch = next(batches).to(run.device)
+            # gradients are averaged across ranks once per optimizer step, not per micro-batch
+            sync = wrapped.no_sync() if d.enabled and micro < tc.grad_accum - 1 else contextlib.nullcontext()
+            with sync:
+                with autocast:
+                    o = forward(batch)
+                loss = o.loss
+                if d.enabled and o.scored is not None:
+                    # DDP averages per-rank means; weight each rank by its share of the scored units
+                    total = torch.tensor([o.scored], dtype=torch.float64, device=run.device)
+                    torch.distributed.all_reduce(total)
+                    loss = loss * (o.scored * d.world / total.item())
+                (loss / tc.grad_accum).backward()
+            outs.append(o)
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+
+        if metrics is not None and (step % tc.log_every == 0 or step == last):
+            loss_mean = sum(o.loss.item() for o in outs) / len(outs)
+            metrics.write(step, split="train", lr=lr, loss=loss_mean, grad_norm=gnorm.item(), **train_metrics(outs))
+            bar.set_postfix(loss=f"{loss_mean:.4f}")
+        if metrics is not None and (step % tc.valid_every == 0 or step == last):
+            metrics.write(step, split="valid", **validate())
+        if step % tc.checkpoint_every == 0 or step == last:
+            if d.is_main:
+                checkpoint(step)
+            d.barrier()
+        bar.update(1)
+    bar.close()
+    distributed.dump_rank_state(model, d)
+    return step

@@ -1,6 +1,6 @@
 import pytest
 
-from musetok.shared.cli import main
+from musetok.cli import main
 from musetok.shared.config import ConfigError, load_config
 from musetok.tokenizer.train import TokenizerRunConfig
 

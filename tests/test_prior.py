@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from musetok.prior.config import PriorConfig
+from musetok.prior.data import Batch
 from musetok.prior.masking import corrupt_codes, row_generators, span_mask
 from musetok.prior.model import Prior
-from musetok.prior.objectives import Batch, compute_loss
+from musetok.prior.objectives import compute_loss
 from musetok.shared.config import ConfigError, load_config
 
 
@@ -171,7 +172,7 @@ def prior_dirs(tmp_path_factory, store):
 
 @pytest.mark.parametrize("objective", ["mlm", "masked_frames"])
 def test_embeddings_invariant_to_batch_and_padding(trained_tokenizer, prior_dirs, objective):
-    from musetok.prior.embed import Embedder
+    from musetok.embedding import Embedder
     from tests.conftest import tone
     emb = Embedder.from_pretrained(trained_tokenizer, prior_dirs[objective], batch_size=16)
     clips = [emb.inputs_from_waveform(tone(s, f), 16000) for s, f in [(0.4, 200.0), (3.1, 330.0), (1.3, 262.0)]]
@@ -187,7 +188,7 @@ def test_embeddings_invariant_to_batch_and_padding(trained_tokenizer, prior_dirs
 
 
 def test_embed_api_any_rate_and_channels(trained_tokenizer, prior_dirs):
-    from musetok.prior.embed import Embedder
+    from musetok.embedding import Embedder
     from tests.conftest import tone
     emb = Embedder.from_pretrained(trained_tokenizer, prior_dirs["mlm"])
     y44 = tone(2.0, 220.0, sr=44100)
@@ -201,7 +202,7 @@ def test_embed_api_any_rate_and_channels(trained_tokenizer, prior_dirs):
 
 
 def test_mismatched_tokenizer_refused(tmp_path, corpus, prior_dirs):
-    from musetok.prior.embed import Embedder
+    from musetok.embedding import Embedder
     from musetok.shared.config import load_config as lc
     from musetok.shared.io import CheckpointError
     from musetok.tokenizer.train import TokenizerRunConfig, train_tokenizer
@@ -213,7 +214,7 @@ def test_mismatched_tokenizer_refused(tmp_path, corpus, prior_dirs):
 
 
 def test_cli_pretrain_and_embed(tmp_path, store, trained_tokenizer, corpus):
-    from musetok.shared.cli import main
+    from musetok.cli import main
     args = ["pretrain", "--store", str(store), "--out", str(tmp_path / "p"), "--quiet"]
     for s in TINY_PRIOR + ["train.steps=20"]:
         args += ["--set", s]

@@ -4,7 +4,8 @@ import mir_eval
 import numpy as np
 import pytest
 
-from musetok.shared.probe import Labels, fit_probe, make_split, probe_layers, read_labels, score
+from musetok.evaluation.probe import Labels, fit_probe, make_split, probe_layers, read_labels, score
+from musetok.shared.errors import UserError
 
 
 def blobs(n=240, classes=4, d=16, sep=4.0, seed=0):
@@ -75,12 +76,12 @@ def test_layer_sweep_picks_layer_on_validation():
 
 def test_read_labels_infers_task(tmp_path):
     p = tmp_path / "l.csv"
-    p.write_text("path,label,split\na.wav,1.5,train\nb.wav,2,test\n")
+    p.write_text("path,label,split\na.wav,1.5,train\nb.wav,2,test\nc.wav,3,valid\n")
     assert read_labels(p).task == "regression"
     p.write_text("path,label\na.wav,rock;pop\nb.wav,jazz\n")
     lab = read_labels(p)
     assert lab.task == "multilabel" and lab.y[0] == ["rock", "pop"]
-    with pytest.raises(ValueError, match="needs columns 'path' and 'genre'"):
+    with pytest.raises(UserError, match="needs columns 'path' and 'genre'"):
         read_labels(p, column="genre")
 
 
@@ -88,7 +89,7 @@ def test_read_labels_infers_task(tmp_path):
 def test_demo_corpus_deterministic_and_in_key(tmp_path):
     import librosa
 
-    from musetok.shared.demo_corpus import MAJOR, MINOR, NOTE_NAMES, DemoCorpusConfig, make_demo_corpus
+    from musetok.demo.corpus import MAJOR, MINOR, NOTE_NAMES, DemoCorpusConfig, make_demo_corpus
     cfg = DemoCorpusConfig(pieces=12, seconds=4.0, seed=7)
     a = make_demo_corpus(tmp_path / "a", cfg)
     b = make_demo_corpus(tmp_path / "b", cfg)
@@ -108,8 +109,8 @@ def test_demo_corpus_deterministic_and_in_key(tmp_path):
 
 
 def test_probe_cli_with_embeddings_and_baselines(tmp_path):
-    from musetok.shared.cli import main
-    from musetok.shared.demo_corpus import DemoCorpusConfig, make_demo_corpus
+    from musetok.cli import main
+    from musetok.demo.corpus import DemoCorpusConfig, make_demo_corpus
     labels = make_demo_corpus(tmp_path / "c", DemoCorpusConfig(pieces=30, seconds=3.0))
     rows = list(csv.DictReader(open(labels)))
     x, _ = blobs(n=30, classes=3, d=8)
@@ -127,7 +128,7 @@ def test_probe_cli_with_embeddings_and_baselines(tmp_path):
 
 
 def test_demo_quick_end_to_end(tmp_path, capsys):
-    from musetok.shared.cli import main
+    from musetok.cli import main
     assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "musetok (mlm prior)" in text and "mfcc mean/std" in text and "random-weights prior" in text

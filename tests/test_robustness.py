@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from musetok.shared.cli import main
+from musetok.cli import main
 from musetok.shared.token_store import TokenStore
 from tests.conftest import TINY_TOKENIZER, make_corpus, tone, write
 
@@ -22,7 +22,7 @@ TINY_PRIOR = ["model.dim=64", "model.layers=2", "model.heads=2", "model.max_len=
 
 
 def cli(*args) -> list[str]:
-    return [sys.executable, "-m", "musetok.shared.cli", *args]
+    return [sys.executable, "-m", "musetok.cli", *args]
 
 
 def sets(items):

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from musetok.shared.cli import main
+from musetok.cli import main
 from musetok.shared.io import CheckpointError
 from musetok.shared.token_store import StoreMeta, TokenStore, TokenStoreWriter
 from musetok.tokenizer import load_tokenizer

@@ -1,8 +1,10 @@
 """What every musetok tokenizer is: `encode`, `decode`, `frame_rate`, `codebook_size` (as audiocraft's
-CompressionModel), plus `features` (waveform -> model input) and chunked encoding of long inputs."""
+CompressionModel), its identity (`tokenizer_id`, `store_meta`) and chunked encoding of long inputs."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -12,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from musetok.shared.config import to_dict
+from musetok.shared.token_store import StoreMeta
 from musetok.tokenizer.config import TokenizerConfig
 from musetok.tokenizer.layers import receptive_field
 
@@ -52,9 +56,28 @@ class Tokenizer(nn.Module, ABC):
     def units_per_code(self) -> int:
         return self.cfg.units_per_code
 
-    @abstractmethod
-    def features(self, wave: torch.Tensor) -> torch.Tensor:
-        """Waveform `(B, N)` at `sample_rate` -> model input `(B, C, N')`."""
+    @property
+    def tokenizer_id(self) -> str:
+        """A hash of everything that decides the codes: the config (mel settings included), the saved
+        weights and buffers, and the mel normaliser (`identity_tensors`). Token stores and priors record it
+        and refuse another tokenizer. Buffers that follow from the config (the mel filterbank) are left out."""
+        h = hashlib.sha256(json.dumps(to_dict(self.cfg), sort_keys=True).encode())
+        tensors = self.identity_tensors()
+        for name in sorted(tensors):
+            t = tensors[name].detach().cpu().contiguous().reshape(-1)
+            h.update(name.encode())
+            h.update(str(t.dtype).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def identity_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors `tokenizer_id` hashes: the state dict, plus what a subclass keeps outside it."""
+        return dict(self.state_dict())
+
+    def store_meta(self, frames_dim: int = 0) -> StoreMeta:
+        """The metadata of a token store written (or read) with this tokenizer."""
+        return StoreMeta(self.tokenizer_id, self.codebook_size, self.num_codebooks, self.frame_rate,
+                         self.sample_rate, frames_dim)
 
     @abstractmethod
     def forward(self, x: torch.Tensor) -> TokenizerOutput:

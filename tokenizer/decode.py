@@ -6,11 +6,17 @@ waveform tokenizers decode straight to audio.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import librosa
 import numpy as np
 import torch
 
+from musetok.shared.audio import write_audio
+from musetok.shared.errors import UserError
+from musetok.shared.token_store import StoreEntry, TokenStore
 from musetok.tokenizer.base import Tokenizer
+from musetok.tokenizer.builder import load_tokenizer
 
 
 def codes_to_audio(model: Tokenizer, codes: np.ndarray, n_iter: int = 32) -> np.ndarray:
@@ -27,3 +33,15 @@ def codes_to_audio(model: Tokenizer, codes: np.ndarray, n_iter: int = 32) -> np.
                                                 center=True, pad_mode="constant")
     peak = float(np.abs(wave).max()) if wave.size else 0.0
     return (wave / peak * 0.9 if peak > 1.0 else wave).astype(np.float32)
+
+
+def decode_item(tokenizer_dir: str | Path, store_dir: str | Path, item: str, out: str | Path) -> StoreEntry:
+    """`musetok decode`: decode one store item (its number or relative path) to an audio file; returns its entry."""
+    model = load_tokenizer(tokenizer_dir)
+    store = TokenStore(store_dir)
+    store.meta.check_compatible(model.store_meta(), str(store_dir), frames=False)
+    i = int(item) if item.isdigit() else store.index_of(item)
+    if not 0 <= i < len(store):
+        raise UserError(f"--item {i}: the store has {len(store)} items")
+    write_audio(out, codes_to_audio(model, store.codes(i)), model.sample_rate)
+    return store.items[i]

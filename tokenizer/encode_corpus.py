@@ -19,10 +19,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from musetok.shared import distributed
 from musetok.shared.audio import AudioCorpus, AudioError, list_audio
-from musetok.shared.token_store import StoreMeta, TokenStoreWriter, file_signature
+from musetok.shared.errors import UserError
+from musetok.shared.token_store import TokenStoreWriter, file_signature, merge_indexes
 from musetok.tokenizer.base import Tokenizer, overlapping_chunks
-from musetok.tokenizer.features import Featurizer
+from musetok.tokenizer.builder import load_tokenizer
+from musetok.tokenizer.features import Featurizer, frame_stacker
 
 log = logging.getLogger("musetok")
 
@@ -56,6 +59,8 @@ class TokenizeResult:
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason, this run
     audio_seconds: float = 0.0     # audio encoded in this run
     wall_seconds: float = 0.0
+    shard: tuple[int, int] = (0, 1)  # this process's share of the corpus: (i, n)
+    merged: int = 0                # under torchrun, on rank 0: files in the merged index
 
     @property
     def realtime_factor(self) -> float:
@@ -112,15 +117,10 @@ def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, work
         with_frames: also store normalised mel frames at the code rate (mel tokenizers only), the input
             of the continuous baselines (`masked_frames`, `next_frames`).
     """
-    if with_frames and model.cfg.input != "mel":
-        raise ValueError("--with-frames needs a mel tokenizer")
+    stacker = frame_stacker(model) if with_frames else None
     t0 = time.time()
     corpus = list_audio(audio)
-    meta = StoreMeta(tokenizer_id=getattr(model, "tokenizer_id", ""), codebook_size=model.codebook_size,
-                     num_codebooks=model.num_codebooks, frame_rate=model.frame_rate,
-                     sample_rate=model.sample_rate, frames_dim=model.frames_dim if with_frames else 0,
-                     audio_root=str(Path(corpus.root).resolve()))
-    writer = TokenStoreWriter(store, meta, name=writer_name)
+    writer = TokenStoreWriter(store, model.store_meta(stacker.dim if stacker else 0), name=writer_name)
     todo, skipped = [], 0
     for rel in (corpus.files if files is None else files):
         size, mtime = file_signature(corpus.path(rel))
@@ -154,9 +154,9 @@ def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, work
                 c0 = left // model.units_per_code
                 c1 = c0 + -(-n_core // model.units_per_code)
                 pending.setdefault(i, []).append(codes[:, c0:c1].cpu().numpy())
-                if with_frames:
+                if stacker is not None:
                     core = chunk[:, left:left + n_core].numpy()
-                    pending_frames.setdefault(i, []).append(model.stacked_frames(core))
+                    pending_frames.setdefault(i, []).append(stacker(core))
                 continue
             _, _, seconds, error = item
             rel, size, mtime = todo[i]
@@ -178,4 +178,43 @@ def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, work
     bar.close()
     torch.set_num_threads(threads)
     result.wall_seconds = time.time() - t0
+    return result
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """`"i/n"` -> (i, n) with 0 <= i < n."""
+    try:
+        i, n = (int(v) for v in spec.split("/"))
+        if 0 <= i < n:
+            return i, n
+    except ValueError:
+        pass
+    raise UserError(f"--shard must look like i/n with 0 <= i < n, got '{spec}'")
+
+
+def tokenize(tokenizer_dir: str | Path, audio: str | Path, store: str | Path, workers: int = 1, shard: str = "",
+             with_frames: bool = False, device: str = "cpu", progress: bool = True) -> TokenizeResult:
+    """`musetok tokenize`: load the tokenizer and encode this process's share of the corpus into `store`.
+
+    `shard="i/n"` takes every n-th file from the i-th into its own shard files (then `merge-store`). Under
+    torchrun (WORLD_SIZE > 1) each rank takes its own share, and rank 0 merges the indexes when all are done.
+    """
+    d = distributed.Dist()
+    if shard:
+        i, n = parse_shard(shard)
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        d, _ = distributed.init("cpu")
+        i, n = d.rank, d.world
+    else:
+        i, n = 0, 1
+    model = load_tokenizer(tokenizer_dir, device=device)
+    files = list_audio(audio).files[i::n] if n > 1 else None
+    result = tokenize_corpus(model, audio, store, workers=workers, progress=progress, with_frames=with_frames,
+                             files=files, writer_name=f"shard{i}-of-{n}" if n > 1 else "main")
+    result.shard = (i, n)
+    if d.enabled:
+        d.barrier()
+        if d.is_main:
+            result.merged = merge_indexes(store)
+        distributed.shutdown(d)
     return result

@@ -1,4 +1,5 @@
-"""Audio file -> the tokenizer's input (log-mel or waveform), streamed in blocks."""
+"""Audio file -> the tokenizer's input (log-mel or waveform), streamed in blocks; and log-mel -> the
+continuous prior's input (normalised mel frames stacked to the code rate)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import numpy as np
 import torch
 
 from musetok.shared.audio import iter_audio
+from musetok.shared.errors import UserError
 from musetok.shared.mel import MelFrontend, StreamingMel
+from musetok.shared.normalize import MelStats
+from musetok.tokenizer.base import Tokenizer
 from musetok.tokenizer.config import TokenizerConfig
+from musetok.tokenizer.mel_vqvae import MelVQVAE
 
 
 class Featurizer:
@@ -55,3 +60,32 @@ class Featurizer:
             return np.asarray(wave, np.float32)[None]
         with torch.no_grad():
             return self.frontend(torch.from_numpy(np.asarray(wave, np.float32))).numpy()
+
+
+class FrameStacker:
+    """Log-mel `(n_mels, T)` -> normalised frames stacked to the code rate, `(ceil(T / ds), ds * n_mels)`
+    float32: the input of the continuous priors, frame-aligned with the codes (edge-padded at the end)."""
+
+    def __init__(self, stats: MelStats, downsample: int):
+        self.mean, self.std = stats.mean[:, None], stats.std[:, None]
+        self.downsample = downsample
+
+    @property
+    def dim(self) -> int:
+        return self.mean.shape[0] * self.downsample
+
+    def __call__(self, logmel: np.ndarray) -> np.ndarray:
+        x = (logmel - self.mean) / self.std
+        ds = self.downsample
+        extra = (-x.shape[1]) % ds
+        if extra:
+            x = np.pad(x, ((0, 0), (0, extra)), mode="edge")
+        return np.ascontiguousarray(x.T.reshape(-1, ds * x.shape[0]), dtype=np.float32)
+
+
+def frame_stacker(model: Tokenizer) -> FrameStacker:
+    """The continuous-input features that go with a mel tokenizer (its normaliser and downsampling)."""
+    if not isinstance(model, MelVQVAE):
+        raise UserError("mel frames (--with-frames, and priors that read frames) need a mel tokenizer, "
+                        f"not a {model.cfg.input} one")
+    return FrameStacker(model.stats(), model.cfg.downsample)

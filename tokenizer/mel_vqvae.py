@@ -43,26 +43,13 @@ class MelVQVAE(Tokenizer):
         dec += [nn.GELU(), nn.Conv1d(c, m, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
 
+    def identity_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super().identity_tensors(), "mel_mean": self.mel_mean, "mel_std": self.mel_std}
+
     def stats(self) -> MelStats:
+        """The corpus normaliser the model was built with (per-bin mean/std of the log-mel)."""
         return MelStats(self.mel_mean[:, 0].cpu().numpy().astype(np.float32),
                         self.mel_std[:, 0].cpu().numpy().astype(np.float32), 0)
-
-    @property
-    def frames_dim(self) -> int:
-        return self.cfg.mel.n_mels * self.cfg.downsample
-
-    def stacked_frames(self, logmel: np.ndarray) -> np.ndarray:
-        """Log-mel `(n_mels, T)` -> normalised frames stacked to the code rate `(ceil(T / ds), ds * n_mels)`:
-        the continuous models' input, frame-aligned with the codes."""
-        x = (logmel - self.mel_mean.cpu().numpy()) / self.mel_std.cpu().numpy()
-        ds = self.cfg.downsample
-        extra = (-x.shape[1]) % ds
-        if extra:
-            x = np.pad(x, ((0, 0), (0, extra)), mode="edge")
-        return np.ascontiguousarray(x.T.reshape(-1, ds * x.shape[0]), dtype=np.float32)
-
-    def features(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.frontend(wave)
 
     def _encode_latent(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         n = x.shape[-1]

@@ -15,61 +15,43 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from musetok.shared import distributed
 from musetok.shared.audio import AudioError, list_audio
-from musetok.shared.config import check, from_dict, to_dict
-from musetok.shared.io import read_json, write_json
+from musetok.shared.config import check, to_dict
 from musetok.shared.normalize import MelStats, MelStatsAccumulator
 from musetok.shared.plots import plot_codebook_usage, plot_reconstruction
 from musetok.shared.training import (
-    MetricsLog,
-    StepDataset,
-    lr_at,
+    LoopConfig,
+    StepOutput,
     make_optimizer,
-    restore_state,
+    open_state,
+    run_steps,
     save_state,
-    set_lr,
     split_files,
     start_run,
+    step_batches,
 )
-from musetok.tokenizer.builder import build_tokenizer, save_tokenizer
+from musetok.tokenizer.builder import NORMALIZER_FILE, build_tokenizer, save_tokenizer, tokenizer_id
 from musetok.tokenizer.config import TokenizerConfig
 from musetok.tokenizer.data import SegmentSource
 from musetok.tokenizer.features import Featurizer
 
 log = logging.getLogger("musetok")
-RUN_CONFIG_FILE = "run_config.json"
 
 
 @dataclass
-class TokenizerTrainConfig:
-    steps: int = 2000
-    batch_size: int = 16
-    segment_seconds: float = 2.0
+class TokenizerTrainConfig(LoopConfig):
     lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    valid_fraction: float = 0.1     # of files, held out for validation
+    segment_seconds: float = 2.0
     valid_segments: int = 32
-    valid_every: int = 250
-    checkpoint_every: int = 500
-    log_every: int = 10
-    seed: int = 0
-    num_workers: int = 0            # DataLoader workers building batches
     cache_hours: float = 4.0        # keep the training set's features in RAM if the corpus is this short
-    stats_max_files: int = 200      # files used for the mel normalisation statistics
-    device: str = "auto"
+    stats_max_files: int = 200      # files (a random sample across the corpus) for the mel normalisation
 
     def __post_init__(self):
-        check(self.steps > 0, "train.steps", "must be positive")
-        check(self.batch_size > 0, "train.batch_size", "must be positive")
+        super().__post_init__()
         check(self.segment_seconds > 0, "train.segment_seconds", "must be positive")
-        check(0 <= self.valid_fraction < 1, "train.valid_fraction", "must be in [0, 1)")
-        check(self.num_workers >= 0, "train.num_workers", "must be >= 0")
+        check(self.stats_max_files > 0, "train.stats_max_files", "must be positive")
 
 
 @dataclass
@@ -101,16 +83,21 @@ def code_stats(codes: torch.Tensor, codebook_size: int) -> tuple[np.ndarray, lis
     return counts, [float(u) for u in (counts > 0).mean(1) * 100], [float(v) for v in np.exp(ent)]
 
 
-def compute_mel_stats(source: SegmentSource, max_files: int) -> MelStats:
+def stats_sample(files: list[str], max_files: int, seed: int) -> list[str]:
+    """The files the normaliser is fitted on: a seeded random sample across the whole corpus (not the first
+    `max_files` in sorted order, which would be one artist or one folder of a large corpus)."""
+    if len(files) <= max_files:
+        return list(files)
+    pick = np.random.default_rng([seed, 7]).choice(len(files), size=max_files, replace=False)
+    return [files[i] for i in sorted(pick)]
+
+
+def compute_mel_stats(source: SegmentSource, max_files: int, seed: int) -> MelStats:
     acc = MelStatsAccumulator(source.fz.cfg.mel.n_mels)
-    for rel in source.files[:max_files]:
+    for rel in stats_sample(source.files, max_files, seed):
         x = source.cache[rel] if source.cache is not None else source.fz.file(source.corpus.path(rel))
         acc.add(x)
     return acc.result()
-
-
-def load_run_config(out: str | Path) -> TokenizerRunConfig:
-    return from_dict(TokenizerRunConfig, read_json(Path(out) / RUN_CONFIG_FILE))
 
 
 def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path, resume: bool = False,
@@ -118,19 +105,20 @@ def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path,
     """Train (or with `resume`, continue) a tokenizer; `stop_at` ends this run early at that step with a
     checkpoint, keeping the schedule of `train.steps` (for time-limited jobs)."""
     tc, mc = run.train, run.model
-    out = Path(out)
-    d, device, part = start_run(out, resume, tc.device, tc.batch_size, tc.seed)
+    r = start_run(out, resume, tc)
+    out, d, device = r.out, r.dist, r.device
 
     # -- data: split by file, segments sampled per step from (seed, step) --------------------------
     corpus = list_audio(audio)
-    train_files, valid_files = split_files(corpus.files, tc.valid_fraction, tc.seed)
+    train_files, valid_files = split_files(corpus.files, tc.valid_fraction, tc.seed, "train-tokenizer")
     fz = Featurizer(mc)
     train_src = SegmentSource(corpus, train_files, fz, tc.segment_seconds, tc.cache_hours)
     if not train_src.files:
         raise AudioError(audio, "no usable audio files to train on")
-    valid_src = SegmentSource(corpus, valid_files, fz, tc.segment_seconds, tc.cache_hours) if valid_files else None
-    if valid_src is None or not valid_src.files:
-        log.warning("no held-out files: validating on training files")
+    valid_src = train_src if valid_files == train_files else \
+        SegmentSource(corpus, valid_files, fz, tc.segment_seconds, tc.cache_hours)
+    if not valid_src.files:
+        log.warning("train-tokenizer: no usable held-out files: validating on the training files")
         valid_src = train_src
     if d.is_main:
         log.info("tokenizer data: %d train files (%.2f h), %d valid files%s", len(train_src.files),
@@ -139,21 +127,26 @@ def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path,
     # -- model, optimizer, state -------------------------------------------------------------------
     stats = None
     if mc.input == "mel":
-        stats = MelStats.load(out / "normalizer.json") if resume else compute_mel_stats(train_src, tc.stats_max_files)
+        stats = MelStats.load(out / NORMALIZER_FILE) if resume else \
+            compute_mel_stats(train_src, tc.stats_max_files, tc.seed)
     model = build_tokenizer(mc, stats).to(device)  # after init: the VQ syncs its codebooks when distributed
     opt = make_optimizer(model, tc.lr, tc.weight_decay)
-    step = 0
-    if resume:
-        step = restore_state(out, model, opt)
-        log.info("resuming %s at step %d", out, step)
-    ddp_model = distributed.wrap(model, d, device)
-    if d.is_main:
-        write_json(out / RUN_CONFIG_FILE, to_dict(run))
-        metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if resume else None)
+    step, wrapped, metrics = open_state(r, model, opt, resume, to_dict(run))
     n_valid = math.ceil(tc.valid_segments / tc.batch_size)
     valid_batches = [valid_src.batch(tc.seed + 1, i, tc.batch_size) for i in range(n_valid)]
+    last_valid: dict = {}
 
-    def validate() -> tuple[float, np.ndarray, list[float], list[float]]:
+    def forward(batch: torch.Tensor) -> StepOutput:  # batch: this rank's (B / world, C, N)
+        o = wrapped(batch)
+        return StepOutput(o.loss, info=o)
+
+    def train_metrics(outs: list[StepOutput]) -> dict:
+        o = outs[-1].info
+        _, usage, ppl = code_stats(o.codes, mc.codebook_size)
+        return dict(recon_loss=o.recon_loss.item(), commit_loss=o.commit_loss.item(),
+                    usage=[round(u, 2) for u in usage], perplexity=[round(p, 2) for p in ppl])
+
+    def validate() -> dict:
         """On rank 0 only, with the unwrapped model (DDP's forward would wait for the other ranks)."""
         model.eval()
         losses, codes = [], []
@@ -164,58 +157,27 @@ def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path,
                 codes.append(o.codes)
         model.train()
         counts, usage, ppl = code_stats(torch.cat(codes), mc.codebook_size)
-        return float(np.mean(losses)), counts, usage, ppl
+        last_valid.update(loss=float(np.mean(losses)), counts=counts, usage=usage)
+        return dict(recon_loss=last_valid["loss"], usage=[round(u, 2) for u in usage],
+                    perplexity=[round(p, 2) for p in ppl])
 
-    def checkpoint() -> str:
-        tok_id = save_tokenizer(out, model)
+    def checkpoint(step: int) -> None:
+        save_tokenizer(out, model)
         save_state(out, model, opt, step)
-        return tok_id
 
     # -- the loop ----------------------------------------------------------------------------------
     last = tc.steps if stop_at is None else min(stop_at, tc.steps)
-    loader = torch.utils.data.DataLoader(StepDataset(train_src, tc.seed, tc.batch_size, step, last, part),
-                                         batch_size=None, shuffle=False, num_workers=tc.num_workers,
-                                         # its own generator: drawing the loader's seed from the global RNG
-                                         # would shift the VQ's random draws after a resume
-                                         generator=torch.Generator().manual_seed(tc.seed))
-    bar = tqdm(total=last, initial=step, desc="train-tokenizer", unit="step", disable=not progress or not d.is_main)
-    model.train()
-    valid_loss, usage = float("nan"), [0.0] * mc.num_codebooks
-    tok_id = ""
-    for batch in loader:
-        lr = lr_at(step, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
-        set_lr(opt, lr)
-        o = ddp_model(batch.to(device))  # batch: this rank's (B / world, C, N)
-        opt.zero_grad(set_to_none=True)
-        o.loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        step += 1
-
-        if d.is_main and (step % tc.log_every == 0 or step == tc.steps):
-            _, b_usage, b_ppl = code_stats(o.codes, mc.codebook_size)
-            metrics.write(step, split="train", lr=lr, loss=o.loss.item(), recon_loss=o.recon_loss.item(),
-                          commit_loss=o.commit_loss.item(), grad_norm=gnorm.item(),
-                          usage=[round(u, 2) for u in b_usage], perplexity=[round(p, 2) for p in b_ppl])
-            bar.set_postfix(recon=f"{o.recon_loss.item():.4f}", usage=f"{b_usage[0]:.0f}%")
-        if d.is_main and (step % tc.valid_every == 0 or step == tc.steps):
-            valid_loss, counts, usage, ppl = validate()
-            metrics.write(step, split="valid", recon_loss=valid_loss, usage=[round(u, 2) for u in usage],
-                          perplexity=[round(p, 2) for p in ppl])
-        if step % tc.checkpoint_every == 0 or step == last:
-            if d.is_main:
-                tok_id = checkpoint()
-            d.barrier()
-        bar.update(1)
-    bar.close()
-    distributed.dump_rank_state(model, d)
+    batches = step_batches(train_src, tc, r.part, step, last)
+    step = run_steps(tc, r, model, wrapped, opt, batches, step, last, forward, train_metrics, validate, checkpoint,
+                     metrics, "train-tokenizer", progress)
     if not d.is_main:
         distributed.shutdown(d)
         return TokenizerTrainResult(out, step, "", float("nan"), [], len(train_src.files), {})
 
     # -- plots of the final model ------------------------------------------------------------------
-    valid_loss, counts, usage, _ = validate()
-    plot_codebook_usage(out / "codebook_usage.png", counts)
+    if not last_valid:  # nothing left to run (resumed at the end)
+        validate()
+    plot_codebook_usage(out / "codebook_usage.png", last_valid["counts"])
     model.eval()
     with torch.no_grad():
         x = valid_batches[0][:1].to(device)
@@ -226,7 +188,7 @@ def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path,
             orig = fz.array(x[0, 0].cpu().numpy())
             dec = fz.array(o.recon[0, 0].cpu().numpy())
     plot_reconstruction(out / "reconstruction.png", orig, dec, mc.mel.frame_rate,
-                        f"validation segment, recon loss {valid_loss:.4f}")
+                        f"validation segment, recon loss {last_valid['loss']:.4f}")
     distributed.shutdown(d)
-    return TokenizerTrainResult(out, step, tok_id or save_tokenizer(out, model), valid_loss, usage,
-                                len(train_src.files), {**train_src.bad, **(valid_src.bad if valid_src else {})})
+    return TokenizerTrainResult(out, step, tokenizer_id(model), last_valid["loss"], last_valid["usage"],
+                                len(train_src.files), {**train_src.bad, **valid_src.bad})

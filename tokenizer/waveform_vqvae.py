@@ -32,7 +32,7 @@ def multi_resolution_stft_loss(pred: torch.Tensor, target: torch.Tensor,
 class WaveformVQVAE(Tokenizer):
     """Input: waveform `(B, 1, N)`; codes at `N / prod(strides)` frames."""
 
-    def __init__(self, cfg: TokenizerConfig, stats=None):
+    def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         self.cfg = cfg
         c, depth = cfg.channels, cfg.res_blocks
@@ -49,9 +49,6 @@ class WaveformVQVAE(Tokenizer):
                     res_stack(chans[i], depth, reverse=True)]
         dec += [nn.GELU(), nn.Conv1d(chans[0], 1, 7, padding=3), nn.Tanh()]
         self.decoder = nn.Sequential(*dec)
-
-    def features(self, wave: torch.Tensor) -> torch.Tensor:
-        return wave[:, None] if wave.dim() == 2 else wave[None, None]
 
     def forward(self, x: torch.Tensor) -> TokenizerOutput:
         n = x.shape[-1]

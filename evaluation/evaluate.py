@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from musetok.evaluation.baselines import HANDCRAFTED, handcrafted_features
+from musetok.evaluation.probe import Labels, ProbeResult, file_sha1, make_split, probe_layers, read_labels
+from musetok.shared.errors import UserError
 from musetok.shared.io import write_json
 from musetok.shared.plots import plot_bars, plot_layer_curve
-from musetok.shared.probe import Labels, ProbeResult, file_sha1, make_split, probe_layers, read_labels
 
 
 @dataclass
@@ -43,7 +45,7 @@ def load_embeddings(path: str | Path, name: str | None = None) -> FeatureSet:
     with open(base.with_suffix(".csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     if x.shape[0] != len(rows) or any(r.get("length", "1") != "1" for r in rows):
-        raise ValueError(f"{path}: probes need clip-level (mean-pooled) embeddings, one row per clip")
+        raise UserError(f"{path}: probes need clip-level (mean-pooled) embeddings, one row per clip")
     layers_file = base.parent / (base.name + ".layers.txt")
     names = [ln for ln in layers_file.read_text().splitlines() if ln and not ln.startswith("#")] \
         if layers_file.exists() else [f"layer{i}" for i in range(x.shape[1] if x.ndim == 3 else 1)]
@@ -55,7 +57,7 @@ def align(fs: FeatureSet, labels: Labels) -> np.ndarray:
     pos = {p: i for i, p in enumerate(fs.paths)}
     missing = [p for p in labels.paths if p not in pos]
     if missing:
-        raise ValueError(f"features '{fs.name}' have no row for {len(missing)} labelled files, e.g. {missing[0]}")
+        raise UserError(f"features '{fs.name}' have no row for {len(missing)} labelled files, e.g. {missing[0]}")
     return fs.x[[pos[p] for p in labels.paths]]
 
 
@@ -116,3 +118,25 @@ def format_table(results: list[ProbeResult]) -> str:
             cells.append(f"{(f'{r.test[r.metric]:.3f}  [{r.layer}]' if r else '-'):>30s}")
         lines.append(" ".join([f"{n:24s}"] + cells))
     return "\n".join(lines)
+
+
+def probe(labels_csv: str | Path, column: str, out: str | Path, task: str = "auto", embeddings: list[str] = (),
+          baselines: list[str] = (), audio: str | Path | None = None, sample_rate: int = 22050,
+          probes: tuple[str, ...] = ("linear", "mlp"), seed: int = 0, log=print) -> list[ProbeResult]:
+    """`musetok probe`: probe `[NAME=]PATH` embedding files and hand-crafted baselines (computed from the
+    labelled audio, relative to `audio` or the labels' folder) on one label column."""
+    unknown = [b for b in baselines if b not in HANDCRAFTED]
+    if unknown:
+        raise UserError(f"--baselines: unknown baseline '{unknown[0]}' (known: {', '.join(HANDCRAFTED)})")
+    sets = []
+    for spec in embeddings:
+        name, _, path = spec.rpartition("=")
+        sets.append(load_embeddings(path, name or None))
+    if baselines:
+        labels = read_labels(labels_csv, column, task)
+        root = Path(audio) if audio else Path(labels_csv).parent
+        feats = handcrafted_features([root / p for p in labels.paths], sample_rate, tuple(baselines))
+        sets += [FeatureSet(k, v, labels.paths, [k]) for k, v in feats.items()]
+    if not sets:
+        raise UserError("nothing to probe: give --embeddings and/or --baselines")
+    return run_probes(sets, labels_csv, [(column, task)], out, seed=seed, probes=tuple(probes), log=log)

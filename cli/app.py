@@ -29,23 +29,13 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
                    help="override a config key, e.g. --set model.codebook_size=1024 (repeatable)")
 
 
-def _run_config(cls, a: argparse.Namespace, kind: str, load_saved):
-    """The run config: from --config + --set, or with --resume the saved run's config + --set."""
-    from musetok.shared.config import apply_override, from_dict, load_config, to_dict
-
-    if not a.resume:
-        return load_config(cls, a.config, a.overrides, kind=kind)
-    d = to_dict(load_saved(a.out))
-    for item in a.overrides:
-        apply_override(d, item)
-    return from_dict(cls, d)
-
-
 # ---------------------------------------------------------------------------------------------------
+# One function per subcommand: arguments in, one library call, a summary printed.
 def cmd_train_tokenizer(a: argparse.Namespace) -> int:
-    from musetok.tokenizer.train import TokenizerRunConfig, load_run_config, train_tokenizer
+    from musetok.shared.training import resolve_run_config
+    from musetok.tokenizer.train import TokenizerRunConfig, train_tokenizer
 
-    run = _run_config(TokenizerRunConfig, a, "tokenizer", load_run_config)
+    run = resolve_run_config(TokenizerRunConfig, a.out, a.config, a.overrides, a.resume, "tokenizer")
     r = train_tokenizer(run, a.audio, a.out, resume=a.resume, progress=not a.quiet)
     usage = ", ".join(f"{u:.0f}%" for u in r.valid_usage)
     print(f"tokenizer {r.tokenizer_id} -> {r.out}: {r.steps} steps, valid recon loss {r.valid_recon_loss:.4f}, "
@@ -54,61 +44,32 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> int:
 
 
 def cmd_tokenize(a: argparse.Namespace) -> int:
-    from musetok.shared import distributed
-    from musetok.shared.audio import list_audio
-    from musetok.shared.token_store import merge_indexes
-    from musetok.tokenizer.builder import load_tokenizer
-    from musetok.tokenizer.encode_corpus import tokenize_corpus
+    from musetok.tokenizer.encode_corpus import tokenize
 
-    d = distributed.Dist()
-    if a.shard:
-        try:
-            i, n = (int(v) for v in a.shard.split("/"))
-            assert 0 <= i < n
-        except (ValueError, AssertionError):
-            raise FileNotFoundError(f"--shard must look like i/n with 0 <= i < n, got '{a.shard}'") from None
-    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one shard per process
-        d, _ = distributed.init("cpu")
-        i, n = d.rank, d.world
-    else:
-        i, n = 0, 1
-    model = load_tokenizer(a.tokenizer, device=a.device)
-    files = list_audio(a.audio).files[i::n] if n > 1 else None
-    r = tokenize_corpus(model, a.audio, a.out, workers=a.workers, progress=not a.quiet, with_frames=a.with_frames,
-                        files=files, writer_name=f"shard{i}-of-{n}" if n > 1 else "main")
+    r = tokenize(a.tokenizer, a.audio, a.out, workers=a.workers, shard=a.shard, with_frames=a.with_frames,
+                 device=a.device, progress=not a.quiet)
+    i, n = r.shard
     print(f"tokenize{f' shard {i}/{n}' if n > 1 else ''} -> {a.out}: {r.summary()}")
-    if d.enabled:
-        d.barrier()
-        if d.is_main:
-            print(f"merged the indexes of {n} shards: {merge_indexes(a.out)} files in {a.out}")
-        distributed.shutdown(d)
+    if r.merged:
+        print(f"merged the indexes of {n} shards: {r.merged} files in {a.out}")
     for path, why in sorted(r.failed.items()):
         print(f"  failed: {path}: {why}")
     return 1 if r.failed else 0
 
 
 def cmd_decode(a: argparse.Namespace) -> int:
-    from musetok.shared.audio import write_audio
-    from musetok.shared.token_store import TokenStore
-    from musetok.tokenizer.builder import load_tokenizer
-    from musetok.tokenizer.decode import codes_to_audio
+    from musetok.tokenizer.decode import decode_item
 
-    model = load_tokenizer(a.tokenizer)
-    store = TokenStore(a.store)
-    store.meta.check_compatible(_meta_of(model), str(a.store))
-    i = int(a.item) if a.item.isdigit() else store.index_of(a.item)
-    if not 0 <= i < len(store):
-        raise IndexError(f"--item {i}: the store has {len(store)} items")
-    wave = codes_to_audio(model, store.codes(i))
-    write_audio(a.out, wave, model.sample_rate)
-    print(f"decoded {store.items[i].path} ({store.items[i].length} frames) -> {a.out}")
+    e = decode_item(a.tokenizer, a.store, a.item, a.out)
+    print(f"decoded {e.path} ({e.length} frames) -> {a.out}")
     return 0
 
 
 def cmd_pretrain(a: argparse.Namespace) -> int:
-    from musetok.prior.train import PriorRunConfig, load_run_config, train_prior
+    from musetok.prior.train import PriorRunConfig, train_prior
+    from musetok.shared.training import resolve_run_config
 
-    run = _run_config(PriorRunConfig, a, "prior", load_run_config)
+    run = resolve_run_config(PriorRunConfig, a.out, a.config, a.overrides, a.resume, "prior")
     r = train_prior(run, a.store, a.out, resume=a.resume, progress=not a.quiet)
     extra = f", accuracy {r.valid_accuracy:.3f}, perplexity {r.valid_perplexity:.2f}" if r.valid_accuracy is not None \
         else ""
@@ -117,16 +78,10 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
 
 
 def cmd_embed(a: argparse.Namespace) -> int:
-    from musetok.prior.embed import Embedder, embed_corpus
+    from musetok.embedding import embed
 
-    if (a.audio is None) == (a.store is None):
-        raise FileNotFoundError("give exactly one of --audio or --store")
-    emb = Embedder.from_pretrained(a.tokenizer, a.prior, device=a.device, batch_size=a.batch_size)
-    try:
-        r = embed_corpus(emb, a.out, audio=a.audio, store=a.store, layers=a.layers, pool=a.pool, fmt=a.format,
-                         progress=not a.quiet)
-    except ValueError as e:
-        raise FileNotFoundError(str(e)) from None
+    r = embed(a.tokenizer, a.prior, a.out, audio=a.audio, store=a.store, layers=a.layers, pool=a.pool, fmt=a.format,
+              batch_size=a.batch_size, device=a.device, progress=not a.quiet)
     print(f"embed -> {r.array_path} {list(r.shape)} + {r.index_path}: {r.count} clips, "
           f"{r.audio_seconds / 3600:.3f} h in {r.wall_seconds:.1f} s ({r.realtime_factor:.0f}x real time), "
           f"{len(r.failed)} failed")
@@ -136,7 +91,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
 
 
 def cmd_make_demo_corpus(a: argparse.Namespace) -> int:
-    from musetok.shared.demo_corpus import DemoCorpusConfig, make_demo_corpus
+    from musetok.demo.corpus import DemoCorpusConfig, make_demo_corpus
 
     labels = make_demo_corpus(a.out, DemoCorpusConfig(pieces=a.pieces, seconds=a.seconds, seed=a.seed))
     print(f"demo corpus: {a.pieces} pieces of {a.seconds:g} s -> {a.out} (labels: {labels})")
@@ -144,36 +99,18 @@ def cmd_make_demo_corpus(a: argparse.Namespace) -> int:
 
 
 def cmd_probe(a: argparse.Namespace) -> int:
-    from pathlib import Path
+    from musetok.evaluation.evaluate import format_table, probe
 
-    from musetok.shared.baselines import HANDCRAFTED, handcrafted_features
-    from musetok.shared.evaluate import FeatureSet, format_table, load_embeddings, run_probes
-    from musetok.shared.probe import read_labels
-
-    sets = []
-    for spec in a.embeddings:
-        name, _, path = spec.rpartition("=")
-        sets.append(load_embeddings(path, name or None))
-    base = [b for b in a.baselines.split(",") if b] if a.baselines else []
-    unknown = [b for b in base if b not in HANDCRAFTED]
-    if unknown:
-        raise FileNotFoundError(f"--baselines: unknown baseline '{unknown[0]}' (known: {', '.join(HANDCRAFTED)})")
-    if base:
-        labels = read_labels(a.labels, a.column, a.task)
-        root = Path(a.audio) if a.audio else Path(a.labels).parent
-        feats = handcrafted_features([root / p for p in labels.paths], a.sample_rate, tuple(base))
-        sets += [FeatureSet(k, v, labels.paths, [k]) for k, v in feats.items()]
-    if not sets:
-        raise FileNotFoundError("nothing to probe: give --embeddings and/or --baselines")
-    results = run_probes(sets, a.labels, [(a.column, a.task)], a.out, seed=a.seed,
-                         probes=tuple(a.probes.split(",")))
+    results = probe(a.labels, a.column, a.out, task=a.task, embeddings=a.embeddings,
+                    baselines=[b for b in a.baselines.split(",") if b], audio=a.audio, sample_rate=a.sample_rate,
+                    probes=tuple(a.probes.split(",")), seed=a.seed)
     print("\n" + format_table(results))
     print(f"\nresults, plots and the run record are in {a.out}")
     return 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from musetok.shared.demo import run_demo
+    from musetok.demo.run import run_demo
 
     run_demo(a.out, quick=a.quick, seed=a.seed, progress=not a.quiet)
     return 0
@@ -192,20 +129,10 @@ def cmd_info(a: argparse.Namespace) -> int:
     from musetok.shared.token_store import TokenStore
 
     s = TokenStore(a.store)
-    m = s.meta
-    print(f"store {s.root}: tokenizer {m.tokenizer_id}, {m.num_codebooks} x {m.codebook_size} codes "
-          f"at {m.frame_rate:.2f} Hz; {len(s)} files, {s.hours:.3f} h, {s.total_frames} frames; "
-          f"{len(s.failed)} failed")
+    print(s.summary())
     for e in s.failed:
         print(f"  failed: {e.path}: {e.reason}")
     return 0
-
-
-def _meta_of(model):
-    from musetok.shared.token_store import StoreMeta
-
-    return StoreMeta(getattr(model, "tokenizer_id", ""), model.codebook_size, model.num_codebooks,
-                     model.frame_rate)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -261,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--store", help="an existing token store (skips tokenizing)")
     s.add_argument("--out", required=True, help="output path; writes OUT.npy (or .npz) and OUT.csv")
     s.add_argument("--layers", default="all", help="all | last | comma-separated numbers or names (default all)")
-    s.add_argument("--pool", choices=["mean", "none"], default="mean",
-                   help="mean over time -> [N, L, D]; none keeps frames -> [frames, L, D] (default mean)")
+    s.add_argument("--pool", choices=["mean", "meanstd", "max", "none"], default="mean",
+                   help="over time: mean -> [N, L, D], meanstd -> [N, L, 2D] (mean then std), max -> [N, L, D]; "
+                        "none keeps frames -> [frames, L, D] (default mean)")
     s.add_argument("--format", choices=["npy", "npz"], default="npy")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--device", default="cpu")
@@ -274,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--column", default="label", help="label column (default 'label')")
     s.add_argument("--task", default="auto", choices=["auto", "classification", "multilabel", "regression", "key"])
     s.add_argument("--embeddings", action="append", default=[], metavar="[NAME=]EMB.npy",
-                   help="output of `musetok embed` (mean-pooled); repeatable")
+                   help="output of `musetok embed` (pooled); repeatable")
     s.add_argument("--baselines", default="", help="comma-separated: mfcc,logmel,chroma (computed from audio)")
     s.add_argument("--audio", help="folder the labels' paths are relative to (default: the labels' folder)")
     s.add_argument("--sample-rate", type=int, default=22050, help="rate for the hand-crafted baselines")
@@ -308,22 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. A user error (bad config, argument or file: `UserError`, or a file the OS
+    cannot open) prints one line and returns 2; anything else is a bug and keeps its traceback."""
     logging.basicConfig(level=logging.INFO, format="musetok: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
-    from musetok.shared.audio import AudioError
-    from musetok.shared.config import ConfigError
-    from musetok.shared.io import CheckpointError
+    from musetok.shared.errors import UserError
 
     try:
         return args.fn(args)
-    except (ConfigError, CheckpointError, AudioError, FileNotFoundError, IndexError, KeyError, ValueError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"musetok {args.command}: error: {msg}", file=sys.stderr)
+    except (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        print(f"musetok {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"musetok {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

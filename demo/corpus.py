@@ -9,8 +9,8 @@ and drums. The melody's instrument is one of five timbres:
     bell   FM bell (inharmonic ratio 3.5)
 
 Labels (labels.csv): path, instrument, key (e.g. "A minor", mir_eval's format), tonic, mode, tempo (bpm),
-tempo_class (slow / medium / fast), group (the piece; one file per piece here), split (empty: probes make
-their own). Deterministic from the seed.
+tempo_class (slow / medium / fast), group (the piece; one file per piece here). No split column: probes
+make their own, grouped by piece. Deterministic from the seed.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def make_demo_corpus(out: str | Path, cfg: DemoCorpusConfig | None = None) -> Pa
         rel = f"audio/{labels['instrument']}/piece{i:04d}.wav"
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         write_audio(out / rel, y, cfg.sample_rate)
-        rows.append({"path": rel, **labels, "group": f"piece{i:04d}", "split": ""})
+        rows.append({"path": rel, **labels, "group": f"piece{i:04d}"})
     with open(out / "labels.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

@@ -5,6 +5,11 @@ Standardise on train; a linear probe and a one-hidden-layer MLP probe, each over
 validation and tested once. Multi-layer features are probed layer by layer and the best layer is
 picked on validation, never on test. scikit-learn does the fitting.
 
+Choices on validation use a continuous score (`SELECT`), not the reported metric: accuracy on a
+small validation set ties often, and a tie would go to whatever came first (the `input` layer, the
+smallest C). Classification and key use validation log-loss (lower is better); regression R^2 and
+multi-label average precision are continuous already.
+
 Tasks: `classification` (accuracy, macro-F1), `multilabel` (';'-separated tags: ROC-AUC, average
 precision, macro), `regression` (R^2), `key` (mir_eval's weighted key score).
 """
@@ -26,8 +31,13 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.preprocessing import MultiLabelBinarizer, StandardScaler
 
+from musetok.shared.errors import UserError
+
 TASKS = ("classification", "multilabel", "regression", "key")
 PRIMARY = {"classification": "accuracy", "multilabel": "average_precision", "regression": "r2", "key": "weighted_score"}
+SELECT = {"classification": "log_loss", "multilabel": "average_precision", "regression": "r2", "key": "log_loss"}
+LOWER_IS_BETTER = {"log_loss"}
+SPLITS = ("train", "valid", "test")
 
 
 @dataclass
@@ -47,9 +57,9 @@ def read_labels(path: str | Path, column: str = "label", task: str = "auto") -> 
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        raise ValueError(f"{path}: no rows")
+        raise UserError(f"{path}: no rows")
     if "path" not in rows[0] or column not in rows[0]:
-        raise ValueError(f"{path}: needs columns 'path' and '{column}' (has {', '.join(rows[0])})")
+        raise UserError(f"{path}: needs columns 'path' and '{column}' (has {', '.join(rows[0])})")
     raw = [r[column] for r in rows]
     if task == "auto":
         if column == "key":
@@ -61,14 +71,26 @@ def read_labels(path: str | Path, column: str = "label", task: str = "auto") -> 
         else:
             task = "classification"
     if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        raise UserError(f"task must be one of {TASKS}, got {task!r}")
     if task == "regression":
+        bad = next((i for i, v in enumerate(raw) if not _is_number(v)), None)
+        if bad is not None:
+            raise UserError(f"{path}: row {bad + 2}: '{column}' is {raw[bad]!r}, not a number (task regression)")
         y = [float(v) for v in raw]
     elif task == "multilabel":
         y = [[t.strip() for t in v.split(";") if t.strip()] for v in raw]
     else:
         y = raw
-    split = np.array([r["split"] for r in rows]) if "split" in rows[0] and all(r["split"] for r in rows) else None
+    split = None
+    if "split" in rows[0]:
+        for i, r in enumerate(rows):
+            if r["split"] not in SPLITS:
+                raise UserError(f"{path}: row {i + 2}: split is {r['split']!r}; it must be one of "
+                                f"{', '.join(SPLITS)} (or leave out the split column for an automatic split)")
+        split = np.array([r["split"] for r in rows])
+        for part in SPLITS:
+            if part not in split:
+                raise UserError(f"{path}: the split column has no '{part}' rows")
     groups = np.array([r["group"] for r in rows]) if "group" in rows[0] else None
     return Labels([r["path"] for r in rows], y, task, split, groups)
 
@@ -158,33 +180,48 @@ def fit_probe(x: np.ndarray, labels: Labels, split: np.ndarray, probes: tuple[st
         y = np.asarray(labels.y, dtype=np.float64)
     else:
         y = np.asarray(labels.y)
-    primary = PRIMARY[task]
-    best: FitResult | None = None
-    best_model = None
+    fits, models = [], []
     for kind in probes:
         for params, model in _grid(task, kind, seed):
             with warnings.catch_warnings():  # tiny grids on small sets: convergence / rare-class chatter
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 warnings.simplefilter("ignore", UserWarning)
                 model.fit(xs[tr], y[tr])
-            v = _evaluate(task, model, xs[va], y[va])
-            if best is None or v[primary] > best.valid[primary]:
-                best, best_model = FitResult(kind, params, v, {}), model
-    best.test = _evaluate(task, best_model, xs[te], y[te])
-    return best
+            fits.append(FitResult(kind, params, _evaluate(task, model, xs[va], y[va]), {}))
+            models.append(model)
+    i = best_index([f.valid for f in fits], task)
+    fits[i].test = _evaluate(task, models[i], xs[te], y[te])
+    return fits[i]
+
+
+def best_index(valid: list[dict[str, float]], task: str) -> int:
+    """The candidate (probe setting or layer) with the best validation `SELECT` score; a tie on it goes
+    to the first, but a continuous score rarely ties."""
+    key = SELECT[task]
+    sign = 1.0 if key in LOWER_IS_BETTER else -1.0
+    return min(range(len(valid)), key=lambda i: (sign * valid[i][key], i))
+
+
+def log_loss(y: np.ndarray, proba: np.ndarray, classes: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean negative log-probability of the true class; a class the probe never saw in training gets `eps`."""
+    col = {c: j for j, c in enumerate(classes)}
+    p = np.array([proba[i, col[v]] if v in col else 0.0 for i, v in enumerate(y)])
+    return float(-np.log(np.clip(p, eps, 1.0)).mean())
 
 
 def _evaluate(task: str, model, x: np.ndarray, y) -> dict[str, float]:
     if task == "multilabel":
-        s = model.predict_proba(x)
-        return score(task, y, None, s)
-    return score(task, y, model.predict(x))
+        return score(task, y, None, model.predict_proba(x))
+    out = score(task, y, model.predict(x))
+    if task in ("classification", "key"):
+        out["log_loss"] = log_loss(y, model.predict_proba(x), model.classes_)
+    return out
 
 
 @dataclass
 class ProbeResult:
     """One feature set on one task. `per_layer`: (layer, valid primary, test primary) for every layer;
-    `layer` is the one chosen on validation, and `valid`/`test` are its full metrics."""
+    `layer` is the one chosen on validation (by `SELECT[task]`), and `valid`/`test` are its full metrics."""
 
     features: str
     task: str
@@ -209,7 +246,7 @@ def probe_layers(features: np.ndarray, layer_names: list[str], labels: Labels, s
         layer_names = layer_names or ["features"]
     metric = PRIMARY[labels.task]
     fits = [fit_probe(features[:, i], labels, split, probes, seed) for i in range(features.shape[1])]
-    best = max(range(len(fits)), key=lambda i: fits[i].valid[metric])
+    best = best_index([f.valid for f in fits], labels.task)
     f = fits[best]
     return ProbeResult(name, labels.task, target, metric, layer_names[best], f.probe, f.params, f.valid, f.test,
                        [(layer_names[i], fits[i].valid[metric], fits[i].test[metric]) for i in range(len(fits))])

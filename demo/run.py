@@ -14,8 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from musetok.demo.corpus import DemoCorpusConfig, make_demo_corpus
+from musetok.embedding import Embedder
+from musetok.evaluation.baselines import bag_of_codes, handcrafted_features
+from musetok.evaluation.evaluate import FeatureSet, format_table, run_probes
+from musetok.prior.builder import build_prior_for_store
+from musetok.prior.train import PriorRunConfig, train_prior
 from musetok.shared.config import load_config
+from musetok.shared.token_store import TokenStore
+from musetok.tokenizer.builder import load_tokenizer
+from musetok.tokenizer.encode_corpus import tokenize_corpus
+from musetok.tokenizer.train import TokenizerRunConfig, train_tokenizer
 
 log = logging.getLogger("musetok")
 
@@ -36,17 +47,6 @@ QUICK = DemoSizes(pieces=48, seconds=6.0, tokenizer_steps=120, prior_steps=80)
 
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool = True) -> Path:
     """Run the demo into `out`; returns the path of report.md."""
-    from musetok.prior.embed import Embedder
-    from musetok.prior.model import Prior
-    from musetok.prior.train import PriorRunConfig, bind_to_store, train_prior
-    from musetok.shared.baselines import bag_of_codes, handcrafted_features
-    from musetok.shared.demo_corpus import DemoCorpusConfig, make_demo_corpus
-    from musetok.shared.evaluate import FeatureSet, format_table, run_probes
-    from musetok.shared.token_store import TokenStore
-    from musetok.tokenizer.builder import load_tokenizer
-    from musetok.tokenizer.encode_corpus import tokenize_corpus
-    from musetok.tokenizer.train import TokenizerRunConfig, train_tokenizer
-
     sizes = QUICK if quick else FULL
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,11 +91,8 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool
         emb = Embedder.from_pretrained(out / "tokenizer", prior_dir)
         sets.append(_embed_store(emb, store, name))
     rand_cfg = load_config(PriorRunConfig, "small", [f"train.seed={seed}"], kind="prior").model
-    bind_to_store(rand_cfg, store)
-    import torch
-
     torch.manual_seed(seed)
-    sets.append(_embed_store(Embedder(tok, Prior(rand_cfg)), store, "random-weights prior"))
+    sets.append(_embed_store(Embedder(tok, build_prior_for_store(rand_cfg, store)), store, "random-weights prior"))
     boc = np.stack([bag_of_codes(np.asarray(store.codes(i)), store.meta.codebook_size) for i in range(len(store))])
     sets.append(FeatureSet("bag of codes", boc, paths, ["histogram"]))
     times["embed"] = time.time() - t
@@ -119,9 +116,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool
     return report
 
 
-def _embed_store(emb, store, name: str):
-    from musetok.shared.evaluate import FeatureSet
-
+def _embed_store(emb: Embedder, store: TokenStore, name: str) -> FeatureSet:
     discrete = emb.prior.cfg.discrete
     inputs = [np.asarray(store.codes(i)) if discrete else
               np.asarray(store.frames_window(i, 0, store.items[i].length), dtype=np.float32) for i in range(len(store))]

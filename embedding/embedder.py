@@ -1,0 +1,149 @@
+"""Any clip -> per-layer embeddings from the prior's hidden states.
+
+    emb = Embedder.from_pretrained("runs/tok", "runs/prior").embed(waveform, sample_rate)
+    emb.layers[i]   # (T, D) frames of layer i;  emb.pooled()  # (L, D) time-mean;  emb.frame_rate
+
+Audio -> codes (or normalised mel frames, for priors that read frames) -> prior. A clip longer than
+the prior's context (`max_len` frames) is read in full-length windows that overlap by half; each
+frame's state is taken from the window whose centre is nearest, so every frame is embedded exactly
+once, with at least a quarter window of context on each side (except at the clip's own ends), and
+the last window is as long as the others. Windows from many clips are batched together with padding
+and an attention mask; results do not depend on batch size or on what else is in the batch.
+
+Layers: "input" (the input embedding), then one entry per block; the last entry is after the final
+LayerNorm (what the prior's output heads read), inner ones are the residual stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from musetok.prior.builder import load_prior
+from musetok.prior.model import Prior
+from musetok.shared.audio import to_mono_resampled
+from musetok.shared.errors import UserError
+from musetok.tokenizer.base import Tokenizer
+from musetok.tokenizer.builder import load_tokenizer
+from musetok.tokenizer.features import Featurizer, frame_stacker
+
+POOLS = ("mean", "meanstd", "max")
+
+
+@dataclass
+class Embedding:
+    """layers: one `(T, D)` float32 tensor per layer (input embedding first); frame_rate in Hz."""
+
+    layers: list[torch.Tensor]
+    layer_names: list[str]
+    frame_rate: float
+
+    @property
+    def num_frames(self) -> int:
+        return self.layers[0].shape[0]
+
+    def pooled(self, how: str = "mean") -> torch.Tensor:
+        """Every layer summarised over time: `mean` -> `(L, D)`, `meanstd` (mean, then standard deviation)
+        -> `(L, 2D)`, `max` -> `(L, D)`."""
+        x = self.stacked()  # (T, L, D)
+        if how == "mean":
+            return x.mean(0)
+        if how == "meanstd":
+            return torch.cat([x.mean(0), x.std(0, unbiased=False)], dim=-1)
+        if how == "max":
+            return x.amax(0)
+        raise UserError(f"--pool: unknown pooling '{how}' (known: {', '.join(POOLS)}, none)")
+
+    def stacked(self) -> torch.Tensor:
+        """All layers as one `(T, L, D)` tensor."""
+        return torch.stack(self.layers, dim=1)
+
+
+def windows(t: int, win: int) -> list[tuple[int, int, int]]:
+    """Windows over `t` frames for a context of `win`: `(start, core_start, core_stop)` each. Every window is
+    `min(t, win)` long and they overlap by half; the cores (frames taken from each window, those nearest
+    its centre) are disjoint and cover `[0, t)`."""
+    if t <= win:
+        return [(0, 0, t)]
+    hop = max(1, win // 2)
+    starts = list(range(0, t - win, hop)) + [t - win]
+    centres = [s + win / 2 for s in starts]
+    bounds = [0] + [int(np.ceil((a + b) / 2)) for a, b in zip(centres, centres[1:])] + [t]
+    return [(s, lo, hi) for s, lo, hi in zip(starts, bounds, bounds[1:]) if hi > lo]
+
+
+class Embedder:
+    def __init__(self, tokenizer: Tokenizer, prior: Prior, batch_size: int = 16):
+        self.tokenizer, self.prior, self.batch_size = tokenizer.eval(), prior.eval(), batch_size
+        self.fz = Featurizer(tokenizer.cfg)
+        self.frames = None if prior.cfg.discrete else frame_stacker(tokenizer)
+        self.device = next(prior.parameters()).device
+
+    @classmethod
+    def from_pretrained(cls, tokenizer_dir: str | Path, prior_dir: str | Path, device: str = "cpu",
+                        batch_size: int = 16) -> Embedder:
+        tok = load_tokenizer(tokenizer_dir, device=device)
+        return cls(tok, load_prior(prior_dir, device=device, tokenizer=tok), batch_size)
+
+    @property
+    def frame_rate(self) -> float:
+        return self.tokenizer.frame_rate
+
+    @property
+    def layer_names(self) -> list[str]:
+        return self.prior.layer_names
+
+    # -- inputs ------------------------------------------------------------------------------------
+    def _from_features(self, blocks: Iterable[np.ndarray]) -> np.ndarray:
+        """Model-input blocks -> the prior's input: codes `(K, T)` or frames `(T, F)`."""
+        if self.frames is None:
+            return np.concatenate(list(self.tokenizer.encode_stream(blocks)), axis=1)
+        return self.frames(np.concatenate(list(blocks), axis=1))
+
+    def inputs_from_file(self, path: str | Path) -> np.ndarray:
+        return self._from_features(self.fz.iter_file(path))
+
+    def inputs_from_waveform(self, waveform: np.ndarray | torch.Tensor, sample_rate: int) -> np.ndarray:
+        wave = waveform.detach().cpu().numpy() if isinstance(waveform, torch.Tensor) else np.asarray(waveform)
+        mono = to_mono_resampled(wave, sample_rate, self.tokenizer.sample_rate)
+        return self._from_features([self.fz.array(mono)])
+
+    # -- the prior ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed_inputs(self, inputs: list[np.ndarray]) -> list[Embedding]:
+        """Prior inputs (codes `(K, T)` or frames `(T, F)`) -> one Embedding each."""
+        discrete, win = self.prior.cfg.discrete, self.prior.cfg.max_len
+        jobs = []  # (input index, window start, window length, core start, core stop)
+        for i, x in enumerate(inputs):
+            t = x.shape[1] if discrete else x.shape[0]
+            jobs += [(i, s, min(win, t), lo, hi) for s, lo, hi in windows(t, win)]
+        outs: list[list[list[torch.Tensor]]] = [[] for _ in inputs]  # per input: cores of per-layer states
+        for b0 in range(0, len(jobs), self.batch_size):
+            group = jobs[b0:b0 + self.batch_size]
+            t = max(n for _, _, n, _, _ in group)
+            if discrete:
+                x = torch.zeros(len(group), inputs[0].shape[0], t, dtype=torch.long)
+                for j, (i, s, n, _, _) in enumerate(group):
+                    x[j, :, :n] = torch.from_numpy(inputs[i][:, s:s + n].astype(np.int64))
+            else:
+                x = torch.zeros(len(group), t, inputs[0].shape[1])
+                for j, (i, s, n, _, _) in enumerate(group):
+                    x[j, :n] = torch.from_numpy(np.asarray(inputs[i][s:s + n], dtype=np.float32))
+            lengths = torch.tensor([n for _, _, n, _, _ in group])
+            valid = torch.arange(t)[None] < lengths[:, None]
+            states = self.prior(x.to(self.device), valid.to(self.device), output_hidden_states=True).hidden_states
+            for j, (i, s, _, lo, hi) in enumerate(group):
+                outs[i].append([h[j, lo - s:hi - s].float().cpu() for h in states])
+        return [Embedding([torch.cat([w[layer] for w in ws]) for layer in range(len(self.layer_names))],
+                          self.layer_names, self.frame_rate) for ws in outs]
+
+    def embed(self, waveform: np.ndarray | torch.Tensor, sample_rate: int) -> Embedding:
+        """A waveform at any rate, `(N,)`, `(C, N)` or `(N, C)` -> Embedding."""
+        return self.embed_inputs([self.inputs_from_waveform(waveform, sample_rate)])[0]
+
+    def embed_file(self, path: str | Path) -> Embedding:
+        return self.embed_inputs([self.inputs_from_file(path)])[0]

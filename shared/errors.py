@@ -1,0 +1,10 @@
+"""The one exception type for mistakes in what the user gave: a config key, an argument, a file.
+
+The command line prints a `UserError` as one line (`musetok CMD: error: ...`) and exits with 2; it
+never catches anything else, so a bug in musetok keeps its traceback. The message names the key,
+argument or file.
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user (config, arguments, files). The message is one line naming what is wrong."""
