@@ -33,8 +33,10 @@ PROGRESSIONS = {"major": [[0, 4, 5, 3], [0, 3, 4, 0], [0, 5, 3, 4], [0, 3, 0, 4]
                 "minor": [[0, 5, 2, 6], [0, 3, 4, 0], [0, 6, 5, 4], [0, 3, 6, 2]]}
 
 
-@dataclass
+@dataclass(frozen=True)
 class DemoCorpusConfig:
+    """How many pieces, how long, at what rate; every piece is drawn from `seed`."""
+
     pieces: int = 160
     seconds: float = 8.0
     sample_rate: int = 22050

@@ -22,29 +22,16 @@ from musetok.prior.config import PriorConfig
 from musetok.prior.data import WindowSource
 from musetok.prior.model import Prior
 from musetok.prior.objectives import compute_loss
-from musetok.shared import distributed
+from musetok.shared import distributed, training
 from musetok.shared.config import ConfigError, to_dict
 from musetok.shared.plots import plot_curves
 from musetok.shared.token_store import TokenStore
-from musetok.shared.training import (
-    METRICS_FILE,
-    LoopConfig,
-    StepOutput,
-    make_optimizer,
-    open_state,
-    read_metrics,
-    run_steps,
-    save_state,
-    split_files,
-    start_run,
-    step_batches,
-)
 
 log = logging.getLogger("musetok")
 
 
 @dataclass
-class PriorTrainConfig(LoopConfig):
+class PriorTrainConfig(training.LoopConfig):
     weight_decay: float = 0.1
     valid_batches: int = 8
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"   # auto: bf16 autocast on GPU, fp32 on CPU
@@ -59,6 +46,8 @@ class PriorRunConfig:
 
 @dataclass
 class PriorTrainResult:
+    """What a run produced: the last validation loss (and, for code targets, accuracy and perplexity)."""
+
     out: Path
     steps: int
     valid_loss: float
@@ -76,14 +65,14 @@ def train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, res
     mc = bind_to_store(run.model, store.meta)
     if resume:  # the run's checkpoint must come from a store of the same tokenizer
         check_tokenizer(read_prior_config(out), store.meta, store_dir)
-    r = start_run(out, resume, tc)
+    r = training.start_run(out, resume, tc)
     out, d, device = r.out, r.dist, r.device
     use_bf16 = tc.dtype == "bfloat16" or (tc.dtype == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else None
 
     # -- data: windows from the store, split by file ----------------------------------------------
     paths = [e.path for e in store.items]
-    train_paths, valid_paths = split_files(paths, tc.valid_fraction, tc.seed, "pretrain")
+    train_paths, valid_paths = training.split_files(paths, tc.valid_fraction, tc.seed, "pretrain")
     pos = {p: i for i, p in enumerate(paths)}
     train_src = WindowSource(store, [pos[p] for p in train_paths], mc.max_len, frames=not mc.discrete)
     valid_src = WindowSource(store, [pos[p] for p in valid_paths], mc.max_len, frames=not mc.discrete)
@@ -94,17 +83,17 @@ def train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, res
 
     # -- model, optimizer, state -------------------------------------------------------------------
     model = Prior(mc).to(device)
-    opt = make_optimizer(model, tc.lr, tc.weight_decay)
-    step, wrapped, metrics = open_state(r, model, opt, resume, to_dict(PriorRunConfig(mc, tc)))
+    opt = training.make_optimizer(model, tc.lr, tc.weight_decay)
+    step, wrapped, metrics = training.open_state(r, model, opt, resume, to_dict(PriorRunConfig(mc, tc)))
     fwd_model = torch.compile(wrapped) if tc.compile else wrapped
     valid_batches = [valid_src.batch(tc.seed + 1, i, tc.batch_size) for i in range(tc.valid_batches)]
     last_valid = {"loss": float("nan"), "accuracy": None}
 
-    def forward(batch) -> StepOutput:
+    def forward(batch) -> training.StepOutput:
         o = compute_loss(fwd_model, batch)
-        return StepOutput(o.loss, o.targets, o)
+        return training.StepOutput(o.loss, o.targets, o)
 
-    def train_metrics(outs: list[StepOutput]) -> dict:
+    def train_metrics(outs: list[training.StepOutput]) -> dict:
         if not mc.discrete:
             return {}
         return {"accuracy": sum(o.info.correct for o in outs) / max(sum(o.scored for o in outs) * mc.num_codebooks, 1)}
@@ -127,22 +116,17 @@ def train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, res
         return {"valid_loss": loss, "valid_accuracy": last_valid["accuracy"],
                 "valid_perplexity": math.exp(min(loss, 50))}
 
-    def checkpoint(step: int) -> None:
-        save_prior(out, model)
-        save_state(out, model, opt, step)
-
     # -- the loop ----------------------------------------------------------------------------------
-    last = tc.steps if stop_at is None else min(stop_at, tc.steps)
-    batches = step_batches(train_src, tc, r.part, step, last)
-    step = run_steps(tc, r, model, wrapped, opt, batches, step, last, forward, train_metrics, validate, checkpoint,
-                     metrics, f"pretrain ({mc.objective})", progress, autocast)
+    step = training.run_steps(tc, r, model, wrapped, opt, train_src, step, stop_at, forward, train_metrics, validate,
+                              lambda folder: save_prior(folder, model), metrics, f"pretrain ({mc.objective})",
+                              progress, autocast)
     if not d.is_main:
         distributed.shutdown(d)
         return PriorTrainResult(out, step, float("nan"), None, None)
     if last_valid["loss"] != last_valid["loss"]:  # NaN: nothing left to run (resumed at the end)
         validate()
-    plot_curves(out / "training_curve.png", read_metrics(out / METRICS_FILE), ["loss", "valid_loss"],
-                f"prior ({mc.objective})")
+    plot_curves(out / "training_curve.png", training.read_metrics(out / training.METRICS_FILE),
+                ["loss", "valid_loss"], f"prior ({mc.objective})")
     distributed.shutdown(d)
     loss = last_valid["loss"]
     return PriorTrainResult(out, step, loss, last_valid["accuracy"], math.exp(min(loss, 50)) if mc.discrete else None)

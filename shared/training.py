@@ -293,16 +293,20 @@ class StepOutput:
 
 
 def run_steps(tc: LoopConfig, run: Run, model: torch.nn.Module, wrapped: torch.nn.Module,
-              opt: torch.optim.Optimizer, batches: Iterator, step: int, last: int,
+              opt: torch.optim.Optimizer, source, step: int, stop_at: int | None,
               forward: Callable[[Any], StepOutput], train_metrics: Callable[[list[StepOutput]], dict],
-              validate: Callable[[], dict], checkpoint: Callable[[int], None], metrics: MetricsLog | None,
+              validate: Callable[[], dict], save_model: Callable[[Path], None], metrics: MetricsLog | None,
               desc: str, progress: bool = True, autocast=None) -> int:
-    """Optimizer steps `[step, last)`; returns the step reached. `model` is the plain module (clipping),
-    `wrapped` its DDP form; `forward` runs on a batch already moved to the run's device. Rank 0 logs
-    every `log_every` steps and validates every `valid_every`; every rank takes part in checkpoints
-    (rank 0 writes). The last step always logs, validates and checkpoints."""
+    """Optimizer steps from `step` to `train.steps` (or `stop_at`, keeping the schedule of `train.steps`);
+    returns the step reached. Batches come from `source.batch(seed, s, batch_size, part)`. `model` is the
+    plain module (clipping, saving), `wrapped` its DDP form; `forward` gets a batch already on the run's
+    device. Rank 0 logs every `log_every` steps and validates every `valid_every`; a checkpoint
+    (`save_model(out)`, then the training state) is written by rank 0 every `checkpoint_every` steps while
+    the other ranks wait. The last step always logs, validates and checkpoints."""
     d = run.dist
     autocast = autocast or contextlib.nullcontext()
+    last = tc.steps if stop_at is None else min(stop_at, tc.steps)
+    batches = step_batches(source, tc, run.part, step, last)
     bar = tqdm(total=last, initial=step, desc=desc, unit="step", disable=not progress or not d.is_main)
     model.train()
     while step < last:
@@ -337,7 +341,8 @@ def run_steps(tc: LoopConfig, run: Run, model: torch.nn.Module, wrapped: torch.n
             metrics.write(step, split="valid", **validate())
         if step % tc.checkpoint_every == 0 or step == last:
             if d.is_main:
-                checkpoint(step)
+                save_model(run.out)
+                save_state(run.out, model, opt, step)
             d.barrier()
         bar.update(1)
     bar.close()

@@ -17,6 +17,10 @@ TINY_TOKENIZER = [
     "train.valid_every=100", "train.checkpoint_every=100",
 ]
 
+# A prior small enough to train in seconds.
+TINY_PRIOR = ["model.dim=64", "model.layers=2", "model.heads=2", "model.max_len=64", "train.batch_size=8",
+              "train.warmup_steps=10", "train.log_every=10", "train.valid_every=50", "train.checkpoint_every=50"]
+
 
 def tone(seconds: float, f0: float, sr: int = SR, seed: int = 0, decay: float = 4.0) -> np.ndarray:
     """A plucked harmonic tone repeated every 0.5 s, with a little noise."""
@@ -57,4 +61,33 @@ def trained_tokenizer(tmp_path_factory, corpus) -> Path:
     out = tmp_path_factory.mktemp("tok")
     run = load_config(TokenizerRunConfig, None, TINY_TOKENIZER + ["train.steps=300"])
     train_tokenizer(run, corpus, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory, trained_tokenizer):
+    """10 toy files of 6 s tokenized (codes and mel frames) with the trained tokenizer."""
+    from musetok.tokenizer import load_tokenizer
+    from musetok.tokenizer.encode_corpus import tokenize_corpus
+
+    root = tmp_path_factory.mktemp("store")
+    audio = make_corpus(root / "audio", n=10, seconds=6.0)
+    tokenize_corpus(load_tokenizer(trained_tokenizer), audio, root / "store", workers=0, progress=False,
+                    with_frames=True)
+    return root / "store"
+
+
+@pytest.fixture(scope="session")
+def prior_dirs(tmp_path_factory, store):
+    """Tiny priors (20 steps, context 32 frames) for objectives mlm, masked_frames and ar."""
+    from musetok.prior.train import PriorRunConfig, train_prior
+    from musetok.shared.config import load_config
+
+    root = tmp_path_factory.mktemp("priors")
+    out = {}
+    for objective in ("mlm", "masked_frames", "ar"):
+        run = load_config(PriorRunConfig, None, TINY_PRIOR + [f"model.objective={objective}", "train.steps=20",
+                                                              "model.max_len=32"])
+        train_prior(run, store, root / objective, progress=False)
+        out[objective] = root / objective
     return out

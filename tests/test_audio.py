@@ -68,3 +68,20 @@ def test_in_memory_downmix_any_layout():
     b = to_mono_resampled(np.stack([y, y], 1), 48000, 16000)   # (N, C)
     np.testing.assert_allclose(a, b)
     assert abs(len(a) - 16000) <= 1
+
+
+@pytest.mark.parametrize("fmt, subtype, ext, sr", [("MP3", "MPEG_LAYER_III", "mp3", 44100),
+                                                   ("OGG", "OPUS", "opus", 48000)])
+def test_lossy_mp3_and_opus_input(tmp_path, fmt, subtype, ext, sr):
+    """MP3 and Opus decode through libsndfile like the rest: found by extension, downmixed, resampled. Lossy
+    codecs shift and smear the signal a little, so the check is length and correlation, not samples."""
+    y = tone(3.0, 220.0, sr=sr)
+    p = write(tmp_path / "music" / f"x.{ext}", np.stack([y, y], axis=1), sr, format=fmt, subtype=subtype)
+    assert list_audio(tmp_path / "music").files == [f"x.{ext}"]
+    out = load_audio(p, 22050)
+    assert abs(len(out) - 3 * 22050) < 0.05 * 22050
+    ref = soxr.resample(y, sr, 22050, quality="HQ")
+    n = min(len(out), len(ref))
+    lag = int(np.argmax(np.correlate(out[4000:8000], ref[3000:9000], "valid"))) - 1000
+    a, b = (out[4000:n - 4000], ref[4000 - lag:n - 4000 - lag])
+    assert np.corrcoef(a, b)[0, 1] > 0.8  # (a tone a semitone away correlates near 0)

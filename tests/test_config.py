@@ -47,3 +47,15 @@ def test_cli_config_error_is_one_line_exit_2(tmp_path, capsys, corpus):
     rc = main(["train-tokenizer", "--config", "no-such", "--audio", str(corpus), "--out", str(tmp_path / "t")])
     assert rc == 2
     assert "config file not found: no-such" in capsys.readouterr().err
+
+
+def test_cli_bugs_keep_their_traceback(tmp_path, monkeypatch, store):
+    """Only user errors become one-line exit-2 messages; an internal error propagates with its traceback."""
+    from musetok.shared.token_store import TokenStore
+
+    def broken(self):
+        raise KeyError("internal")
+    monkeypatch.setattr(TokenStore, "summary", broken)
+    with pytest.raises(KeyError, match="internal"):
+        main(["info", str(store)])
+    assert main(["info", str(tmp_path / "no-store")]) == 2

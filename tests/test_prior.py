@@ -10,6 +10,7 @@ from musetok.prior.masking import corrupt_codes, row_generators, span_mask
 from musetok.prior.model import Prior
 from musetok.prior.objectives import compute_loss
 from musetok.shared.config import ConfigError, load_config
+from tests.conftest import TINY_PRIOR
 
 
 def cfg(**kw) -> PriorConfig:
@@ -37,6 +38,104 @@ def test_span_mask_policy():
                 runs.append(cur)
                 cur = 0
         assert min(runs) >= 5
+
+
+def test_short_sequences_are_not_over_masked():
+    """Sequences shorter than a few spans get shorter spans: never more than half masked, about `rate` on average
+    (one full 5-frame span used to mask 5 of 6 frames)."""
+    lengths = torch.arange(2, 65)
+    m = span_mask(lengths, 64, rate=0.3, span=5, gens=row_generators(torch.arange(len(lengths))))
+    frac = m.sum(1).float() / lengths.float()
+    assert (m.sum(1) >= 1).all()
+    assert frac.max() <= 0.5, dict(zip(lengths.tolist(), frac.tolist()))
+    assert 0.2 <= frac[lengths >= 4].mean() <= 0.35
+
+
+def _fit(objective: str, data, steps: int = 80, **kw) -> tuple[float, float]:
+    """Train a tiny prior for `steps` on batches from `data(g)`; returns (last loss, masked/next accuracy)."""
+    torch.manual_seed(0)
+    model = Prior(cfg(objective=objective, layers=1, max_len=32, **kw))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        o = compute_loss(model, Batch(data(g), torch.full((16,), 32), torch.arange(16) + 16 * step))
+        opt.zero_grad()
+        o.loss.backward()
+        opt.step()
+    return o.loss.item(), o.correct / max(o.targets * model.cfg.num_codebooks, 1)
+
+
+def random_codes(g):
+    return torch.randint(0, 16, (16, 2, 32), generator=g)
+
+
+def successor_codes(g):  # each code is the previous one plus 1 (mod 16): the next code is predictable
+    start = torch.randint(0, 16, (16, 2, 1), generator=g)
+    return (start + torch.arange(32)) % 16
+
+
+def test_ar_predicts_the_next_code_not_the_current_one():
+    """With the target shifted by one, i.i.d. codes stay unpredictable (chance, 1/16) while successor codes are
+    learnt. With a shift of 0 the causal model would copy its input and get i.i.d. codes right too."""
+    _, acc_random = _fit("ar", random_codes)
+    _, acc_successor = _fit("ar", successor_codes)
+    assert acc_random < 0.15, acc_random
+    assert acc_successor > 0.9, acc_successor
+
+
+def test_next_frames_predicts_ahead():
+    """i.i.d. Gaussian frames: nothing can predict frame t + n from frames <= t, so L1 stays near E|x| = 0.8;
+    a model that saw its target (shift 0) would drive it towards 0."""
+    loss, _ = _fit("next_frames", lambda g: torch.randn(16, 32, 12, generator=g))
+    assert loss > 0.65, loss
+
+
+def test_corruption_reaches_the_model():
+    """Masked positions are hidden from the model: on i.i.d. codes (or noise frames) it cannot beat chance there.
+    If the uncorrupted input were fed, it would copy the targets."""
+    _, acc = _fit("mlm", random_codes)
+    assert acc < 0.15, acc
+    loss, _ = _fit("masked_frames", lambda g: torch.randn(16, 32, 12, generator=g))
+    assert loss > 0.65, loss
+
+
+def test_swiglu_and_dropout():
+    torch.manual_seed(0)
+    _, acc = _fit("ar", successor_codes, mlp="swiglu")
+    assert acc > 0.9
+    model = Prior(cfg(objective="mlm", dropout=0.3))
+    x = torch.randint(0, 16, (2, 2, 20))
+    model.train()
+    assert not torch.equal(model(x).hidden, model(x).hidden)  # dropout is on in training
+    model.eval()
+    assert torch.equal(model(x).hidden, model(x).hidden)
+    _, acc = _fit("ar", successor_codes, dropout=0.1)
+    assert acc > 0.6
+
+
+def test_init_and_weight_decay_groups():
+    from musetok.shared.training import make_optimizer
+    model = Prior(cfg(dim=256, heads=4, layers=4, codebook_size=512, num_codebooks=1))
+    for block in model.blocks:  # residual projections start at 0.02 / sqrt(2 * layers)
+        for w in (block.attn.out.weight, block.mlp.down.weight):
+            assert abs(w.std().item() - 0.02 / 8**0.5) < 0.0005
+    assert abs(model.blocks[0].attn.qkv.weight.std().item() - 0.02) < 0.0005
+    opt = make_optimizer(model, 1e-3, 0.1)
+    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in decayed}
+    assert "head_bias" not in names and not any(n.endswith("bias") or ".ln" in n for n in names)
+    assert "blocks.0.attn.qkv.weight" in names and "embed.0.weight" in names
+
+
+def test_last_hidden_state_is_the_normalised_output():
+    torch.manual_seed(0)
+    model = Prior(cfg(objective="mlm")).eval()
+    o = model(torch.randint(0, 16, (2, 2, 20)), output_hidden_states=True)
+    assert len(o.hidden_states) == len(model.layer_names)
+    torch.testing.assert_close(o.hidden_states[-1], o.hidden)
+    last = o.hidden_states[-1]
+    torch.testing.assert_close(last.mean(-1), torch.zeros(2, 20), atol=1e-4, rtol=0)
+    torch.testing.assert_close(last.std(-1, unbiased=False), torch.ones(2, 20), atol=0.05, rtol=0)
 
 
 def test_bert_corruption_80_10_10():
@@ -114,23 +213,6 @@ def test_config_errors():
         load_config(PriorRunConfig, name, kind="prior")
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, trained_tokenizer):
-    from musetok.tokenizer import load_tokenizer
-    from musetok.tokenizer.encode_corpus import tokenize_corpus
-    from tests.conftest import make_corpus
-
-    root = tmp_path_factory.mktemp("prior")
-    audio = make_corpus(root / "audio", n=10, seconds=6.0)
-    tokenize_corpus(load_tokenizer(trained_tokenizer), audio, root / "store", workers=0, progress=False,
-                    with_frames=True)
-    return root / "store"
-
-
-TINY_PRIOR = ["model.dim=64", "model.layers=2", "model.heads=2", "model.max_len=64", "train.batch_size=8",
-              "train.warmup_steps=10", "train.log_every=10", "train.valid_every=50", "train.checkpoint_every=50"]
-
-
 @pytest.mark.parametrize("objective", ["mlm", "ar", "masked_frames", "next_frames"])
 def test_loss_falls_for_each_objective(tmp_path, store, objective):
     from musetok.prior.train import PriorRunConfig, train_prior
@@ -157,84 +239,6 @@ def test_resume_gives_same_parameters(tmp_path, store):
         torch.testing.assert_close(a[k], b[k], msg=k)
 
 
-@pytest.fixture(scope="module")
-def prior_dirs(tmp_path_factory, store):
-    from musetok.prior.train import PriorRunConfig, train_prior
-    root = tmp_path_factory.mktemp("priors")
-    out = {}
-    for objective in ("mlm", "masked_frames"):
-        run = load_config(PriorRunConfig, None, TINY_PRIOR + [f"model.objective={objective}", "train.steps=20",
-                                                              "model.max_len=32"])
-        train_prior(run, store, root / objective, progress=False)
-        out[objective] = root / objective
-    return out
-
-
-@pytest.mark.parametrize("objective", ["mlm", "masked_frames"])
-def test_embeddings_invariant_to_batch_and_padding(trained_tokenizer, prior_dirs, objective):
-    from musetok.embedding import Embedder
-    from tests.conftest import tone
-    emb = Embedder.from_pretrained(trained_tokenizer, prior_dirs[objective], batch_size=16)
-    clips = [emb.inputs_from_waveform(tone(s, f), 16000) for s, f in [(0.4, 200.0), (3.1, 330.0), (1.3, 262.0)]]
-    together = emb.embed_inputs(clips)
-    emb.batch_size = 1
-    alone = [emb.embed_inputs([c])[0] for c in clips]
-    for a, b in zip(together, alone):
-        assert a.num_frames == b.num_frames
-        for la, lb in zip(a.layers, b.layers):
-            torch.testing.assert_close(la, lb, atol=1e-4, rtol=1e-4)
-    # the 3.1 s clip (~100 frames) is longer than max_len=32: windows cover every frame once
-    assert together[1].num_frames == clips[1].shape[-1 if objective == "mlm" else 0]
-
-
-def test_embed_api_any_rate_and_channels(trained_tokenizer, prior_dirs):
-    from musetok.embedding import Embedder
-    from tests.conftest import tone
-    emb = Embedder.from_pretrained(trained_tokenizer, prior_dirs["mlm"])
-    y44 = tone(2.0, 220.0, sr=44100)
-    e = emb.embed(np.stack([y44, y44]), 44100)  # stereo (C, N) at 44.1 kHz
-    e16 = emb.embed(torch.from_numpy(tone(2.0, 220.0)), 16000)
-    assert len(e.layers) == 3 and e.layer_names == ["input", "layer1", "layer2"]
-    assert e.layers[0].shape == (e.num_frames, 64)
-    assert e.frame_rate == pytest.approx(16000 / 256 / 2)
-    assert abs(e.num_frames - e16.num_frames) <= 1
-    assert e.pooled().shape == (3, 64)
-
-
-def test_mismatched_tokenizer_refused(tmp_path, corpus, prior_dirs):
-    from musetok.embedding import Embedder
-    from musetok.shared.config import load_config as lc
-    from musetok.shared.io import CheckpointError
-    from musetok.tokenizer.train import TokenizerRunConfig, train_tokenizer
-    from tests.conftest import TINY_TOKENIZER
-    other = tmp_path / "other"
-    train_tokenizer(lc(TokenizerRunConfig, None, TINY_TOKENIZER + ["train.steps=5"]), corpus, other, progress=False)
-    with pytest.raises(CheckpointError, match="prior was trained on tokenizer"):
-        Embedder.from_pretrained(other, prior_dirs["mlm"])
-
-
-def test_cli_pretrain_and_embed(tmp_path, store, trained_tokenizer, corpus):
-    from musetok.cli import main
-    args = ["pretrain", "--store", str(store), "--out", str(tmp_path / "p"), "--quiet"]
-    for s in TINY_PRIOR + ["train.steps=20"]:
-        args += ["--set", s]
-    assert main(args) == 0
-    assert main(["embed", "--tokenizer", str(trained_tokenizer), "--prior", str(tmp_path / "p"),
-                 "--audio", str(corpus), "--out", str(tmp_path / "e"), "--quiet"]) == 0
-    x = np.load(tmp_path / "e.npy")
-    assert x.shape == (8, 3, 64) and x.dtype == np.float32
-    import csv
-    rows = list(csv.DictReader(open(tmp_path / "e.csv")))
-    assert [r["path"] for r in rows] == sorted(p.name for p in corpus.iterdir())
-    assert main(["embed", "--tokenizer", str(trained_tokenizer), "--prior", str(tmp_path / "p"),
-                 "--store", str(store), "--out", str(tmp_path / "f"), "--pool", "none", "--layers", "last",
-                 "--format", "npz", "--quiet"]) == 0
-    z = np.load(tmp_path / "f.npz")
-    rows = list(csv.DictReader(open(tmp_path / "f.csv")))
-    assert z["embeddings"].shape == (sum(int(r["frames"]) for r in rows), 1, 64)
-    assert list(z["layers"]) == ["layer2"]
-
-
 @pytest.mark.parametrize("objective", ["mlm", "ar"])
 def test_keep_computes_exactly_the_kept_positions(objective):
     """The pruned last block (queries/MLP only at scored positions) equals the full model there."""
@@ -249,3 +253,20 @@ def test_keep_computes_exactly_the_kept_positions(objective):
         full = model(x, valid).hidden[keep]
         part = model(x, valid, keep=keep).hidden
     torch.testing.assert_close(part, full, atol=1e-5, rtol=1e-5)
+
+
+def test_resume_refuses_a_store_of_another_tokenizer(tmp_path, store):
+    import shutil
+
+    from musetok.prior.train import PriorRunConfig, train_prior
+    from musetok.shared.io import CheckpointError
+    run = load_config(PriorRunConfig, None, TINY_PRIOR + ["train.steps=10", "train.checkpoint_every=5"])
+    train_prior(run, store, tmp_path / "p", progress=False, stop_at=5)
+    other = tmp_path / "other"
+    shutil.copytree(store, other)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["tokenizer_id"] = "0123456789abcdef"
+    (other / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="prior was trained on tokenizer .*tokenizer_id"):
+        train_prior(run, other, tmp_path / "p", resume=True, progress=False)
+    assert train_prior(run, store, tmp_path / "p", resume=True, progress=False).steps == 10

@@ -138,3 +138,95 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
         assert png in report and (tmp_path / "d" / png).is_file()
     res = list(csv.DictReader(open(tmp_path / "d" / "probe" / "results.csv")))
     assert len(res) == 3 * 7  # 3 targets x 7 feature sets
+
+
+# -- choices on validation, splits, scaling ------------------------------------------------------------
+def test_ties_go_to_the_lower_validation_log_loss():
+    from musetok.evaluation.probe import best_index
+    # equal accuracy: the continuous score decides, wherever the candidate stands in the order
+    valid = [{"accuracy": 1.0, "log_loss": 0.40}, {"accuracy": 1.0, "log_loss": 0.05},
+             {"accuracy": 0.9, "log_loss": 0.3}]
+    assert best_index(valid, "classification") == 1
+    assert best_index(valid[::-1], "key") == 1
+    assert best_index([{"r2": 0.1}, {"r2": 0.7}], "regression") == 1
+
+
+def test_layer_with_equal_accuracy_and_lower_log_loss_wins():
+    """Two layers both separate the classes perfectly; the widely separated one is chosen although it comes
+    second (ordering by accuracy alone picked the first)."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 60)
+    sign = np.where(y == 1, 1.0, -1.0)[:, None]
+    weak = sign * 1.0 + rng.standard_normal((120, 4)) * 0.25       # separable, small margin
+    strong = sign * 1.0 + rng.standard_normal((120, 4)) * 0.02     # separable, large margin
+    feats = np.stack([weak, strong], axis=1)  # (N, 2 layers, D)
+    labels = Labels([str(i) for i in range(120)], [f"c{v}" for v in y], "classification")
+    r = probe_layers(feats, ["input", "layer1"], labels, make_split(labels), "toy", "label", probes=("linear",))
+    assert [p[1] for p in r.per_layer] == [1.0, 1.0]  # equal validation accuracy
+    assert r.layer == "layer1"
+    assert r.valid["log_loss"] < 0.2
+
+
+def test_split_column_is_used_and_checked(tmp_path):
+    p = tmp_path / "l.csv"
+    rows = [(f"f{i}.wav", f"c{i % 2}", ("train", "valid", "test")[i % 3]) for i in range(12)]
+
+    def write(bad_row: int = -1, value: str = ""):
+        p.write_text("path,label,split\n" + "".join(f"{a},{b},{value if i == bad_row else c}\n"
+                                                    for i, (a, b, c) in enumerate(rows)))
+    write()
+    assert list(read_labels(p).split) == [r[2] for r in rows]
+    write(4, "")
+    with pytest.raises(UserError, match=r"row 6: split is ''"):
+        read_labels(p)
+    write(7, "dev")
+    with pytest.raises(UserError, match=r"row 9: split is 'dev'"):
+        read_labels(p)
+
+
+def test_given_split_decides_what_is_tested():
+    """A probe on a given split tests exactly the rows marked test: label noise put only there shows up."""
+    x, y = blobs(n=240, classes=4)
+    split = np.array(["train"] * 160 + ["valid"] * 40 + ["test"] * 40)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(240)
+    x, y = x[order], [y[i] for i in order]
+    noisy = list(y)
+    for i in range(200, 240):
+        noisy[i] = "c0"  # test labels all wrong except for one class in four
+    labels = Labels([str(i) for i in range(240)], noisy, "classification", split=split)
+    r = fit_probe(x, labels, split, probes=("linear",))
+    assert r.valid["accuracy"] > 0.9 and r.test["accuracy"] < 0.5
+
+
+def test_scaler_is_fitted_on_train_rows_only(monkeypatch):
+    import musetok.evaluation.probe as probe_mod
+    seen = []
+
+    class Spy(probe_mod.StandardScaler):
+        def fit(self, x, y=None, **kw):
+            seen.append(len(x))
+            return super().fit(x, y, **kw)
+    monkeypatch.setattr(probe_mod, "StandardScaler", Spy)
+    x, y = blobs(n=120, classes=3)
+    labels = Labels([str(i) for i in range(len(y))], y, "classification")
+    split = make_split(labels)
+    fit_probe(x, labels, split, probes=("linear",))
+    assert seen == [int((split == "train").sum())]
+
+
+def test_key_task_through_the_probe(tmp_path):
+    """`--task key`: keys are classes to the probe, scored with mir_eval's weighted score."""
+    from musetok.cli import main
+    keys = ["C major", "A minor", "G major", "E minor"]
+    x, y = blobs(n=160, classes=4, d=8)
+    rows = [(f"f{i}.wav", keys[int(v[1:])]) for i, v in enumerate(y)]
+    (tmp_path / "labels.csv").write_text("path,tonality\n" + "".join(f"{a},{b}\n" for a, b in rows))
+    np.save(tmp_path / "e.npy", x[:, None].astype(np.float32))
+    (tmp_path / "e.csv").write_text("path,duration,frames,offset,length\n" +
+                                    "".join(f"{a},3,10,{i},1\n" for i, (a, _) in enumerate(rows)))
+    out = tmp_path / "probe"
+    assert main(["probe", "--labels", str(tmp_path / "labels.csv"), "--column", "tonality", "--task", "key",
+                 "--embeddings", f"toy={tmp_path}/e.npy", "--probes", "linear", "--out", str(out)]) == 0
+    res = list(csv.DictReader(open(out / "results.csv")))
+    assert res[0]["task"] == "key" and res[0]["metric"] == "weighted_score" and float(res[0]["test"]) > 0.9

@@ -16,22 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musetok.shared import distributed
+from musetok.shared import distributed, training
 from musetok.shared.audio import AudioError, list_audio
 from musetok.shared.config import check, to_dict
 from musetok.shared.normalize import MelStats, MelStatsAccumulator
 from musetok.shared.plots import plot_codebook_usage, plot_reconstruction
-from musetok.shared.training import (
-    LoopConfig,
-    StepOutput,
-    make_optimizer,
-    open_state,
-    run_steps,
-    save_state,
-    split_files,
-    start_run,
-    step_batches,
-)
 from musetok.tokenizer.builder import NORMALIZER_FILE, build_tokenizer, save_tokenizer, tokenizer_id
 from musetok.tokenizer.config import TokenizerConfig
 from musetok.tokenizer.data import SegmentSource
@@ -41,7 +30,7 @@ log = logging.getLogger("musetok")
 
 
 @dataclass
-class TokenizerTrainConfig(LoopConfig):
+class TokenizerTrainConfig(training.LoopConfig):
     lr: float = 1e-3
     segment_seconds: float = 2.0
     valid_segments: int = 32
@@ -55,12 +44,6 @@ class TokenizerTrainConfig(LoopConfig):
 
 
 @dataclass
-class TokenizerRunConfig:
-    model: TokenizerConfig = field(default_factory=TokenizerConfig)
-    train: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
-
-
-@dataclass
 class TokenizerTrainResult:
     """What a training run produced. `valid_recon_loss` is the last validation loss."""
 
@@ -71,6 +54,12 @@ class TokenizerTrainResult:
     valid_usage: list[float]          # % of codes used on the validation set, per codebook
     train_files: int
     skipped_files: dict[str, str]
+
+
+@dataclass
+class TokenizerRunConfig:
+    model: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
 
 
 def code_stats(codes: torch.Tensor, codebook_size: int) -> tuple[np.ndarray, list[float], list[float]]:
@@ -105,12 +94,12 @@ def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path,
     """Train (or with `resume`, continue) a tokenizer; `stop_at` ends this run early at that step with a
     checkpoint, keeping the schedule of `train.steps` (for time-limited jobs)."""
     tc, mc = run.train, run.model
-    r = start_run(out, resume, tc)
+    r = training.start_run(out, resume, tc)
     out, d, device = r.out, r.dist, r.device
 
     # -- data: split by file, segments sampled per step from (seed, step) --------------------------
     corpus = list_audio(audio)
-    train_files, valid_files = split_files(corpus.files, tc.valid_fraction, tc.seed, "train-tokenizer")
+    train_files, valid_files = training.split_files(corpus.files, tc.valid_fraction, tc.seed, "tokenizer")
     fz = Featurizer(mc)
     train_src = SegmentSource(corpus, train_files, fz, tc.segment_seconds, tc.cache_hours)
     if not train_src.files:
@@ -130,17 +119,17 @@ def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path,
         stats = MelStats.load(out / NORMALIZER_FILE) if resume else \
             compute_mel_stats(train_src, tc.stats_max_files, tc.seed)
     model = build_tokenizer(mc, stats).to(device)  # after init: the VQ syncs its codebooks when distributed
-    opt = make_optimizer(model, tc.lr, tc.weight_decay)
-    step, wrapped, metrics = open_state(r, model, opt, resume, to_dict(run))
+    opt = training.make_optimizer(model, tc.lr, tc.weight_decay)
+    step, wrapped, metrics = training.open_state(r, model, opt, resume, to_dict(run))
     n_valid = math.ceil(tc.valid_segments / tc.batch_size)
     valid_batches = [valid_src.batch(tc.seed + 1, i, tc.batch_size) for i in range(n_valid)]
     last_valid: dict = {}
 
-    def forward(batch: torch.Tensor) -> StepOutput:  # batch: this rank's (B / world, C, N)
+    def forward(batch: torch.Tensor) -> training.StepOutput:  # batch: this rank's (B / world, C, N)
         o = wrapped(batch)
-        return StepOutput(o.loss, info=o)
+        return training.StepOutput(o.loss, info=o)
 
-    def train_metrics(outs: list[StepOutput]) -> dict:
+    def train_metrics(outs: list[training.StepOutput]) -> dict:
         o = outs[-1].info
         _, usage, ppl = code_stats(o.codes, mc.codebook_size)
         return dict(recon_loss=o.recon_loss.item(), commit_loss=o.commit_loss.item(),
@@ -161,15 +150,9 @@ def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path,
         return dict(recon_loss=last_valid["loss"], usage=[round(u, 2) for u in usage],
                     perplexity=[round(p, 2) for p in ppl])
 
-    def checkpoint(step: int) -> None:
-        save_tokenizer(out, model)
-        save_state(out, model, opt, step)
-
     # -- the loop ----------------------------------------------------------------------------------
-    last = tc.steps if stop_at is None else min(stop_at, tc.steps)
-    batches = step_batches(train_src, tc, r.part, step, last)
-    step = run_steps(tc, r, model, wrapped, opt, batches, step, last, forward, train_metrics, validate, checkpoint,
-                     metrics, "train-tokenizer", progress)
+    step = training.run_steps(tc, r, model, wrapped, opt, train_src, step, stop_at, forward, train_metrics, validate,
+                              lambda folder: save_tokenizer(folder, model), metrics, "train-tokenizer", progress)
     if not d.is_main:
         distributed.shutdown(d)
         return TokenizerTrainResult(out, step, "", float("nan"), [], len(train_src.files), {})
