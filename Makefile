@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo demo-quick test lint bench clean
+.PHONY: venv demo demo-quick test lint bench bench-repr clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_tokenize.py
 	$(BIN)/python benchmarks/bench_prior.py
 	$(BIN)/python benchmarks/bench_scale.py
+
+bench-repr: $(STAMP)
+	$(BIN)/python benchmarks/bench_repr.py --out bench-out/repr
 
 clean:
 	rm -rf $(VENV) demo-out bench-out .pytest_cache .ruff_cache

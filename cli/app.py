@@ -116,6 +116,17 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_repr(a: argparse.Namespace) -> int:
+    from musetok.evaluation.bench_repr import bench_repr
+
+    command = "musetok " + " ".join(a.argv)
+    report, _ = bench_repr(a.out, data=a.data, quick=a.quick, seed=a.seed, probes=tuple(a.probes.split(",")),
+                           progress=not a.quiet, command=command.strip())
+    print("\n" + report.read_text())
+    print(f"table, plots and the run record are in {a.out} (report: {report})")
+    return 0
+
+
 def cmd_merge_store(a: argparse.Namespace) -> int:
     from musetok.shared.token_store import TokenStore, merge_indexes
 
@@ -225,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bars (stage lines stay)")
     s.set_defaults(fn=cmd_demo)
 
+    s = sub.add_parser("bench-repr", help="the representation benchmark: pretrain, then probe unseen clips "
+                                          "against every baseline on several splits")
+    s.add_argument("--out", default="bench-out/repr")
+    s.add_argument("--data", help="the real-music dev kit folder (with music/ and notes/) for the real-music suite")
+    s.add_argument("--quick", action="store_true", help="a ~2-minute smoke version (tiny sizes)")
+    s.add_argument("--probes", default="linear", help="linear and/or mlp (default linear)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_bench_repr)
+
     s = sub.add_parser("merge-store", help="fold the index files of sharded tokenize runs into one index")
     s.add_argument("store")
     s.set_defaults(fn=cmd_merge_store)
@@ -239,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. A user error (bad config, argument or file: `UserError`, or a file the OS
     cannot open) prints one line and returns 2; anything else is a bug and keeps its traceback."""
     logging.basicConfig(level=logging.INFO, format="musetok: %(message)s", stream=sys.stderr)
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     from musetok.shared.errors import UserError
 
     try:

@@ -23,6 +23,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 from musetok.shared.audio import write_audio
+from musetok.shared.config import check
 
 NOTE_NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
 INSTRUMENTS = ["pluck", "epiano", "organ", "brass", "bell"]
@@ -42,6 +43,11 @@ class DemoCorpusConfig:
     sample_rate: int = 22050
     seed: int = 0
 
+    def __post_init__(self):
+        check(self.pieces > 0, "--pieces", "must be positive")
+        check(self.seconds >= 1.0, "--seconds", "must be at least 1")
+        check(self.sample_rate >= 8000, "sample_rate", "must be at least 8000")
+
 
 def midi_hz(m: float) -> float:
     return 440.0 * 2 ** ((m - 69) / 12)
@@ -55,8 +61,13 @@ def _env(n: int, sr: int, attack: float, decay: float, sustain: float, release: 
     return a * d * r
 
 
-def render_note(instrument: str, pitch: float, dur: float, sr: int, rng: np.random.Generator) -> np.ndarray:
-    """One note, mono float32, `dur` seconds (plus its own release tail for plucked/bell sounds)."""
+def render_note(instrument: str, pitch: float, dur: float, sr: int, rng: np.random.Generator,
+                timbre: float = 0.0) -> np.ndarray:
+    """One note, mono float32, `dur` seconds (plus its own release tail for plucked/bell sounds).
+
+    `timbre` in about [-0.5, 0.5] moves the instrument's main tone parameter (damping, modulation index,
+    drawbar mix, brightness, bell ratio): the "programs" of one instrument family. 0 is the demo's sound.
+    """
     f = midi_hz(pitch)
     n = int(dur * sr)
     t = np.arange(n) / sr
@@ -65,25 +76,27 @@ def render_note(instrument: str, pitch: float, dur: float, sr: int, rng: np.rand
         x = np.zeros(n)
         x[:delay] = rng.uniform(-1, 1, delay)
         a = np.zeros(delay + 2)
-        a[0], a[delay], a[delay + 1] = 1.0, -0.498, -0.498
+        damp = 0.498 - 0.006 * timbre
+        a[0], a[delay], a[delay + 1] = 1.0, -damp, -damp
         y = lfilter([1.0], a, x)
         return (y * 0.6).astype(np.float32)
     if instrument == "epiano":
-        index = 2.5 * np.exp(-t * 6)
+        index = 2.5 * (1 + timbre) * np.exp(-t * 6 * (1 + timbre))
         y = np.sin(2 * np.pi * f * t + index * np.sin(2 * np.pi * f * t)) * _env(n, sr, 0.003, 0.5, 0.0, 0.05)
         return (y * 0.6).astype(np.float32)
     if instrument == "organ":
-        y = sum(w * np.sin(2 * np.pi * f * h * t) for h, w in [(0.5, 0.5), (1, 1), (2, 0.6), (3, 0.4), (4, 0.3)])
+        bars = [(0.5, 0.5), (1, 1), (2, 0.6), (3, 0.4), (4, 0.3)]
+        y = sum(w * (1 + timbre * (h - 1)) * np.sin(2 * np.pi * f * h * t) for h, w in bars)
         return (y * _env(n, sr, 0.01, 0.1, 0.9, 0.02) * 0.25).astype(np.float32)
     if instrument == "brass":
         env = _env(n, sr, 0.06, 0.2, 0.7, 0.05)
-        bright = 2 + 10 * env  # harmonics fade above `bright`: opens with the envelope, like a filter sweep
+        bright = (2 + 10 * env) * (1 + timbre)  # harmonics fade above `bright`: opens with the envelope
         kmax = int(min(30, (sr / 2) // f))
         y = sum(np.sin(2 * np.pi * f * k * t) / k * np.exp(-k / bright) for k in range(1, kmax + 1))
         return (y * env * 0.35).astype(np.float32)
     if instrument == "bell":
         index = 3.0 * np.exp(-t * 2)
-        y = np.sin(2 * np.pi * f * t + index * np.sin(2 * np.pi * 3.5 * f * t)) * np.exp(-t * 2.5)
+        y = np.sin(2 * np.pi * f * t + index * np.sin(2 * np.pi * (3.5 + timbre) * f * t)) * np.exp(-t * 2.5)
         return (y * _env(n, sr, 0.002, 10, 1.0, 0.02) * 0.5).astype(np.float32)
     raise ValueError(f"unknown instrument {instrument}")
 

@@ -8,6 +8,7 @@ clip i at `offset:offset+length` of the index) or `OUT.npz` (`embeddings`, `path
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from musetok.embedding.embedder import POOLS, Embedder
 from musetok.prior.builder import check_tokenizer
 from musetok.shared.audio import AudioError, list_audio
 from musetok.shared.errors import UserError
+from musetok.shared.io import atomic_write, atomic_write_text
 from musetok.shared.token_store import TokenStore
 
 log = logging.getLogger("musetok")
@@ -120,22 +122,29 @@ def embed_corpus(embedder: Embedder, out: str | Path, audio: str | Path | None =
     layer_names = [embedder.layer_names[i] for i in sel]
     d = embedder.prior.cfg.dim * (2 if pool == "meanstd" else 1)
     emb_all = np.concatenate(arrays) if arrays else np.zeros((0, len(sel), d), np.float32)
-    base.parent.mkdir(parents=True, exist_ok=True)
+    # every file is written whole or not at all (a full disk leaves no half-written array behind)
     if fmt == "npz":
         array_path = base.with_suffix(".npz")
-        np.savez(array_path, embeddings=emb_all, paths=np.array([r["path"] for r in rows]),
-                 layers=np.array(layer_names), frame_rate=np.array(embedder.frame_rate), pool=np.array(pool))
+        arrays_npz = dict(embeddings=emb_all, paths=np.array([r["path"] for r in rows]), layers=np.array(layer_names),
+                          frame_rate=np.array(embedder.frame_rate), pool=np.array(pool))
+        atomic_write(array_path, lambda tmp: _save(tmp, np.savez, **arrays_npz))
     else:
         array_path = base.with_suffix(".npy")
-        np.save(array_path, emb_all)
+        atomic_write(array_path, lambda tmp: _save(tmp, np.save, emb_all))
     index_path = base.with_suffix(".csv")
-    with open(index_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "duration", "frames", "offset", "length"])
-        w.writeheader()
-        w.writerows(rows)
-    (base.parent / (base.name + ".layers.txt")).write_text(
-        "\n".join(layer_names) + f"\n# frame_rate {embedder.frame_rate}\n# pool {pool}\n")
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=["path", "duration", "frames", "offset", "length"])
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(index_path, text.getvalue())
+    atomic_write_text(base.parent / (base.name + ".layers.txt"),
+                      "\n".join(layer_names) + f"\n# frame_rate {embedder.frame_rate}\n# pool {pool}\n")
     return EmbedResult(array_path, index_path, len(rows), emb_all.shape, failed, seconds, time.time() - t0)
+
+
+def _save(path: str, fn, *args, **kw) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would add ".npy" to the temporary name
+        fn(f, *args, **kw)
 
 
 def embed(tokenizer_dir: str | Path, prior_dir: str | Path, out: str | Path, audio: str | Path | None = None,

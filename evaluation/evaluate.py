@@ -11,6 +11,7 @@ import csv
 import json
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,33 +32,58 @@ class FeatureSet:
     x: np.ndarray
     paths: list[str]
     layer_names: list[str]
+    source: str = ""       # the file the features came from, for error messages
 
 
 def load_embeddings(path: str | Path, name: str | None = None) -> FeatureSet:
-    """Read `musetok embed` output (`.npy` + `.csv` [+ `.layers.txt`], or `.npz`)."""
+    """Read `musetok embed` output (`.npy` + `.csv` [+ `.layers.txt`], or `.npz`), refusing with a one-line
+    error an array and index that do not match (row count, order, duplicate paths), frame-level output,
+    or NaN / infinite values."""
     path = Path(path)
     base = path.with_suffix("")
-    if path.suffix == ".npz":
-        z = np.load(path)
-        return FeatureSet(name or base.name, z["embeddings"], [str(p) for p in z["paths"]],
-                          [str(x) for x in z["layers"]])
-    x = np.load(path)
-    with open(base.with_suffix(".csv"), newline="") as f:
-        rows = list(csv.DictReader(f))
-    if x.shape[0] != len(rows) or any(r.get("length", "1") != "1" for r in rows):
-        raise UserError(f"{path}: probes need clip-level (mean-pooled) embeddings, one row per clip")
-    layers_file = base.parent / (base.name + ".layers.txt")
-    names = [ln for ln in layers_file.read_text().splitlines() if ln and not ln.startswith("#")] \
-        if layers_file.exists() else [f"layer{i}" for i in range(x.shape[1] if x.ndim == 3 else 1)]
-    return FeatureSet(name or base.name, x, [r["path"] for r in rows], names)
+    try:
+        if path.suffix == ".npz":
+            z = np.load(path)
+            x, paths, names = z["embeddings"], [str(p) for p in z["paths"]], [str(v) for v in z["layers"]]
+            index = path
+        else:
+            x = np.load(path)
+            index = base.with_suffix(".csv")
+            with open(index, newline="") as f:
+                rows = list(csv.DictReader(f))
+            paths = [r["path"] for r in rows]
+            if any(r.get("length", "1") != "1" for r in rows):
+                raise UserError(f"{path}: frame-level embeddings (--pool none); probes need one pooled row per clip")
+            bad = next((i for i, r in enumerate(rows) if r.get("offset", str(i)) != str(i)), None)
+            if bad is not None:
+                raise UserError(f"{index}: row {bad + 2} ({rows[bad]['path']}) has offset {rows[bad]['offset']}, "
+                                f"expected {bad}: the index does not match the rows of {path.name}")
+            layers_file = base.parent / (base.name + ".layers.txt")
+            names = [ln for ln in layers_file.read_text().splitlines() if ln and not ln.startswith("#")] \
+                if layers_file.exists() else [f"layer{i}" for i in range(x.shape[1] if x.ndim == 3 else 1)]
+    except (ValueError, KeyError, OSError) as e:
+        if isinstance(e, (FileNotFoundError, PermissionError)):
+            raise
+        raise UserError(f"{path}: not a musetok embeddings file ({e})") from None
+    if x.shape[0] != len(paths):
+        raise UserError(f"{path}: {x.shape[0]} rows of embeddings but {len(paths)} clips in {index}")
+    dup = next((p for p, n in Counter(paths).items() if n > 1), None)
+    if dup is not None:
+        raise UserError(f"{index}: {dup} is listed more than once")
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        raise UserError(f"{path}: NaN or infinite values in {int((~finite).sum())} rows, first {paths[i]}")
+    return FeatureSet(name or base.name, x, paths, names, str(path))
 
 
-def align(fs: FeatureSet, labels: Labels) -> np.ndarray:
+def align(fs: FeatureSet, labels: Labels, labels_path: str | Path = "the labels") -> np.ndarray:
     """Feature rows in the order of the labels' paths; every labelled path must have features."""
     pos = {p: i for i, p in enumerate(fs.paths)}
     missing = [p for p in labels.paths if p not in pos]
     if missing:
-        raise UserError(f"features '{fs.name}' have no row for {len(missing)} labelled files, e.g. {missing[0]}")
+        raise UserError(f"{fs.source or fs.name}: no embedding for {len(missing)} of the {len(labels.paths)} clips "
+                        f"in {labels_path}, e.g. {missing[0]}")
     return fs.x[[pos[p] for p in labels.paths]]
 
 
@@ -78,7 +104,8 @@ def run_probes(feature_sets: list[FeatureSet], labels_csv: str | Path, targets: 
         labels = read_labels(labels_csv, column, task)
         split = labels.split if labels.split is not None else make_split(labels, seed)
         for fs in feature_sets:
-            r = probe_layers(align(fs, labels), fs.layer_names, labels, split, fs.name, column, probes, seed)
+            x = align(fs, labels, labels_csv)
+            r = probe_layers(x, fs.layer_names, labels, split, fs.name, column, probes, seed)
             results.append(r)
             log(f"  {column:12s} {fs.name:22s} {r.metric} test {r.test[r.metric]:.3f} "
                 f"(valid {r.valid[r.metric]:.3f}, {r.layer}, {r.probe})")
@@ -128,6 +155,11 @@ def probe(labels_csv: str | Path, column: str, out: str | Path, task: str = "aut
     unknown = [b for b in baselines if b not in HANDCRAFTED]
     if unknown:
         raise UserError(f"--baselines: unknown baseline '{unknown[0]}' (known: {', '.join(HANDCRAFTED)})")
+    bad = [p for p in probes if p not in ("linear", "mlp")]
+    if bad or not probes:
+        raise UserError(f"--probes: unknown probe '{bad[0] if bad else ''}' (known: linear, mlp)")
+    if sample_rate <= 0:
+        raise UserError(f"--sample-rate must be positive, got {sample_rate}")
     sets = []
     for spec in embeddings:
         name, _, path = spec.rpartition("=")

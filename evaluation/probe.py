@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, r2_score, roc_auc_score
@@ -145,8 +146,9 @@ def _grid(task: str, kind: str, seed: int) -> list[tuple[str, object]]:
     if kind == "linear":
         if task == "regression":
             return [(f"ridge alpha={a}", Ridge(alpha=a)) for a in (0.1, 1.0, 10.0, 100.0)]
-        make = (lambda c: OneVsRestClassifier(LogisticRegression(C=c, max_iter=2000))) if task == "multilabel" \
-            else (lambda c: LogisticRegression(C=c, max_iter=2000))
+        # tol 1e-3 / 500 iterations: the same choices as 1e-4 / 2000 on our tests, at a third of the time
+        make = (lambda c: OneVsRestClassifier(LogisticRegression(C=c, max_iter=500, tol=1e-3))) \
+            if task == "multilabel" else (lambda c: LogisticRegression(C=c, max_iter=500, tol=1e-3))
         return [(f"logreg C={c}", make(c)) for c in (0.01, 0.1, 1.0, 10.0)]
     out = []
     for hidden in (128, 512):
@@ -239,13 +241,18 @@ class ProbeResult:
 
 
 def probe_layers(features: np.ndarray, layer_names: list[str], labels: Labels, split: np.ndarray, name: str,
-                 target: str, probes: tuple[str, ...] = ("linear", "mlp"), seed: int = 0) -> ProbeResult:
-    """Probe each layer of `(N, L, D)` (or `(N, D)`) features; pick the layer on validation."""
+                 target: str, probes: tuple[str, ...] = ("linear", "mlp"), seed: int = 0, jobs: int = 1
+                 ) -> ProbeResult:
+    """Probe each layer of `(N, L, D)` (or `(N, D)`) features; pick the layer on validation. `jobs` > 1 fits
+    layers in that many processes."""
     if features.ndim == 2:
         features = features[:, None]
         layer_names = layer_names or ["features"]
     metric = PRIMARY[labels.task]
-    fits = [fit_probe(features[:, i], labels, split, probes, seed) for i in range(features.shape[1])]
+    jobs = min(jobs, features.shape[1])
+    fits = Parallel(n_jobs=jobs)(delayed(fit_probe)(features[:, i], labels, split, probes, seed)
+                                 for i in range(features.shape[1])) if jobs > 1 else \
+        [fit_probe(features[:, i], labels, split, probes, seed) for i in range(features.shape[1])]
     best = best_index([f.valid for f in fits], labels.task)
     f = fits[best]
     return ProbeResult(name, labels.task, target, metric, layer_names[best], f.probe, f.params, f.valid, f.test,

@@ -57,7 +57,14 @@ class PriorTrainResult:
 
 def train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, resume: bool = False,
                 progress: bool = True, stop_at: int | None = None) -> PriorTrainResult:
-    """Train (or continue, with `resume`) a prior; `stop_at` ends this run early with a checkpoint."""
+    """Train (or continue, with `resume`) a prior; `stop_at` ends this run early with a checkpoint. The `out`
+    folder is locked for the run: a second process writing to it is refused."""
+    with training.run_lock(out):
+        return _train_prior(run, store_dir, out, resume, progress, stop_at)
+
+
+def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, resume: bool, progress: bool,
+                 stop_at: int | None) -> PriorTrainResult:
     tc = run.train
     store = TokenStore(store_dir)
     if len(store) == 0:

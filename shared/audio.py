@@ -95,6 +95,8 @@ def _open(path: str | Path) -> sf.SoundFile:
     if p.is_file() and p.stat().st_size == 0:
         raise AudioError(path, "empty file")
     try:
+        with open(p, "rb"):  # libsndfile reports an unreadable file only as a "System error"
+            pass
         return sf.SoundFile(str(p))
     except PermissionError:
         raise AudioError(path, "permission denied") from None

@@ -8,3 +8,8 @@ argument or file.
 
 class UserError(Exception):
     """Bad input from the user (config, arguments, files). The message is one line naming what is wrong."""
+
+
+def write_error(path, e: OSError) -> UserError:
+    """A failed write (disk full, quota, read-only or vanished folder) as a one-line error naming the file."""
+    return UserError(f"{path}: cannot write ({e.strerror or e})")

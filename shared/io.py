@@ -8,9 +8,11 @@ here unpickles arbitrary objects.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from musetok.shared.config import ConfigError, from_dict
-from musetok.shared.errors import UserError
+from musetok.shared.errors import UserError, write_error
 
 T = TypeVar("T")
 
@@ -46,21 +48,80 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: str | Path, write_fn) -> None:
-    """Call `write_fn(tmp_path)` then fsync and rename onto `path`: readers see old or new, never half."""
+    """Call `write_fn(tmp_path)` then fsync and rename onto `path`: readers see old or new, never half.
+    A failed write (e.g. a full disk) leaves `path` as it was and raises a `UserError` naming it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise write_error(path, e) from e
     try:
         write_fn(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except (OSError, SafetensorError) as e:
+        _unlink(tmp)
+        raise write_error(path, e) from e
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink(tmp)
         raise
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class FolderLock:
+    """An exclusive lock on a folder a process writes to: `flock` on `FOLDER/.lock[-name]`, so the kernel
+    releases it when the process ends, even on `kill -9`. A second writer is refused with a one-line
+    `UserError` naming the folder and the holder's pid, before it writes anything. `name` lets writers
+    of different parts share a folder (the shards of `tokenize --shard i/n`)."""
+
+    def __init__(self, folder: str | Path, name: str = ""):
+        self.folder = Path(folder)
+        self.path = self.folder / (f".lock-{name}" if name else ".lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> FolderLock:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise write_error(self.path, e) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"{self.folder}: in use by another musetok process (pid {holder}); wait for it to "
+                            "finish or choose another folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        _held.add(self)
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+        _held.discard(self)
+
+    __del__ = release  # a writer dropped without close() does not keep its folder locked
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -148,6 +209,22 @@ def load_model_weights(model: torch.nn.Module, folder: str | Path) -> None:
 
 def save_train_state(folder: str | Path, state: dict) -> None:
     atomic_write(Path(folder) / STATE_FILE, lambda tmp: torch.save(state, tmp))
+
+
+_held: weakref.WeakSet[FolderLock] = weakref.WeakSet()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker), close the lock descriptors inherited from the parent without
+    unlocking: the parent keeps its lock, and a killed parent's lock is not kept alive by its workers."""
+    for lock in list(_held):
+        if lock.fd is not None:
+            os.close(lock.fd)
+            lock.fd = None
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 def load_train_state(folder: str | Path) -> dict:

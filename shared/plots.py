@@ -90,3 +90,17 @@ def plot_layer_curve(path: str | Path, layers: list[str], valid: list[float], te
     if title:
         ax.set_title(title)
     _save(fig, path)
+
+
+def plot_layer_curves(path: str | Path, layers: list[str], curves: dict[str, list[float]], ylabel: str,
+                      title: str = "") -> None:
+    """One line per model over its layers (e.g. the validation metric of every layer, for several priors)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, values in curves.items():
+        ax.plot(range(len(values)), values, marker="o", label=name)
+    ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    _save(fig, path)

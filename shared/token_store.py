@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from musetok.shared.errors import UserError
-from musetok.shared.io import CheckpointError, atomic_write_text, read_versioned_json, write_json
+from musetok.shared.errors import UserError, write_error
+from musetok.shared.io import CheckpointError, FolderLock, atomic_write_text, read_versioned_json, write_json
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -206,7 +206,12 @@ class TokenStore:
 
 
 class TokenStoreWriter:
-    """Append side. One writer per process; `name` keeps parallel writers' shards and indexes apart."""
+    """Append side. One writer per process; `name` keeps parallel writers' shards and indexes apart.
+
+    The writer holds a lock named after it (`FolderLock(root, name)`) until `close()` or the end of the
+    process: a second writer of the same name is refused before it writes anything. A failed write (a
+    full disk) raises a one-line `UserError` naming the file; what was indexed before stays readable, and
+    a rerun continues from there."""
 
     def __init__(self, root: str | Path, meta: StoreMeta, name: str = "main",
                  shard_frames: int = DEFAULT_SHARD_FRAMES):
@@ -214,16 +219,36 @@ class TokenStoreWriter:
         self.name = name
         self.k = meta.num_codebooks
         self.shard_frames = shard_frames
-        (self.root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        self.lock = FolderLock(self.root, name).acquire()
+        try:
+            self._open(meta)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, meta: StoreMeta) -> None:
+        try:
+            (self.root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(self.root / SHARD_DIR, e) from e
         if (self.root / META_FILE).exists():
             read_meta(self.root).check_compatible(meta, str(self.root / META_FILE))
         else:
             write_json(self.root / META_FILE, asdict(meta))
         self.meta = read_meta(self.root)
-        self.index_path = self.root / (INDEX_FILE if name == "main" else f"index.{name}.jsonl")
+        self.index_path = self.root / (INDEX_FILE if self.name == "main" else f"index.{self.name}.jsonl")
         self._repair_index()
         self.entries = read_entries(self.root)
         self._open_shard()
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> TokenStoreWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _repair_index(self) -> None:
         """Cut a torn last line so new lines start clean."""
@@ -259,10 +284,7 @@ class TokenStoreWriter:
         return e is not None and e.size == size and e.mtime_ns == mtime_ns
 
     def _append_index(self, entry: StoreEntry) -> None:
-        with open(self.index_path, "a") as f:
-            f.write(json.dumps(asdict(entry)) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _append(self.index_path, (json.dumps(asdict(entry)) + "\n").encode())
         self.entries[entry.path] = entry
 
     def add(self, path: str, codes: np.ndarray, duration: float, size: int, mtime_ns: int,
@@ -278,8 +300,8 @@ class TokenStoreWriter:
             self.shard, self.end = f"{self.name}-{n:05d}.u16", 0
         shard = self.root / SHARD_DIR / self.shard
         if self.meta.frames_dim:
-            _append(shard.with_suffix(".f16"), np.ascontiguousarray(frames, dtype=np.float16))
-        _append(shard, np.ascontiguousarray(codes.T.astype(np.uint16)))  # (T, K)
+            _append(shard.with_suffix(".f16"), np.ascontiguousarray(frames, dtype=np.float16).tobytes())
+        _append(shard, np.ascontiguousarray(codes.T.astype(np.uint16)).tobytes())  # (T, K)
         entry = StoreEntry(path, "ok", self.shard, self.end, codes.shape[1], duration, size, mtime_ns)
         self._append_index(entry)
         self.end += codes.shape[1]
@@ -291,11 +313,16 @@ class TokenStoreWriter:
         return entry
 
 
-def _append(path: Path, array: np.ndarray) -> None:
-    with open(path, "ab") as f:
-        f.write(array.tobytes())
-        f.flush()
-        os.fsync(f.fileno())
+def _append(path: Path, data: bytes) -> None:
+    """Append and fsync. Bytes of a failed append are never indexed: readers ignore them and the next
+    writer cuts them off."""
+    try:
+        with open(path, "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise write_error(path, e) from e
 
 
 def merge_indexes(root: str | Path) -> int:

@@ -29,7 +29,16 @@ from tqdm import tqdm
 
 from musetok.shared import distributed
 from musetok.shared.config import ConfigError, apply_override, check, from_dict, load_config
-from musetok.shared.io import STATE_FILE, load_train_state, read_json, save_train_state, unwrap, write_json
+from musetok.shared.errors import write_error
+from musetok.shared.io import (
+    STATE_FILE,
+    FolderLock,
+    load_train_state,
+    read_json,
+    save_train_state,
+    unwrap,
+    write_json,
+)
 
 log = logging.getLogger("musetok")
 T = TypeVar("T")
@@ -117,10 +126,13 @@ class MetricsLog:
         rec = {"step": step, "time": round(time.time() - self.t0, 3)}
         rec.update({k: (round(float(v), 6) if isinstance(v, (float, np.floating)) else v)
                     for k, v in metrics.items()})
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise write_error(self.path, e) from e
 
 
 def _line_step(line: str) -> int | None:
@@ -182,6 +194,13 @@ def resolve_run_config(cls: type[T], out: str | Path, config: str | None, overri
     for item in overrides:
         apply_override(d, item)
     return from_dict(cls, d)
+
+
+def run_lock(out: str | Path) -> contextlib.AbstractContextManager:
+    """Hold the `--out` folder of a training run for this process (rank 0 under torchrun: it alone writes)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return FolderLock(out)
 
 
 def split_files(files: list[str], valid_fraction: float, seed: int, what: str = "") -> tuple[list[str], list[str]]:

@@ -127,18 +127,6 @@ def test_probe_cli_with_embeddings_and_baselines(tmp_path):
                  "--out", str(out)]) == 2
 
 
-def test_demo_quick_end_to_end(tmp_path, capsys):
-    from musetok.cli import main
-    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "--quiet"]) == 0
-    text = capsys.readouterr().out
-    assert "musetok (mlm prior)" in text and "mfcc mean/std" in text and "random-weights prior" in text
-    report = (tmp_path / "d" / "report.md").read_text()
-    for png in ("probe/probe_instrument.png", "tokenizer/reconstruction.png", "prior_mlm/training_curve.png",
-                "probe/layers_musetok_mlm_prior_instrument.png"):
-        assert png in report and (tmp_path / "d" / png).is_file()
-    res = list(csv.DictReader(open(tmp_path / "d" / "probe" / "results.csv")))
-    assert len(res) == 3 * 7  # 3 targets x 7 feature sets
-
 
 # -- choices on validation, splits, scaling ------------------------------------------------------------
 def test_ties_go_to_the_lower_validation_log_loss():

@@ -120,63 +120,66 @@ def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, work
     stacker = frame_stacker(model) if with_frames else None
     t0 = time.time()
     corpus = list_audio(audio)
-    writer = TokenStoreWriter(store, model.store_meta(stacker.dim if stacker else 0), name=writer_name)
-    todo, skipped = [], 0
-    for rel in (corpus.files if files is None else files):
-        size, mtime = file_signature(corpus.path(rel))
-        if writer.done(rel, size, mtime):
-            skipped += 1
-        else:
-            todo.append((rel, size, mtime))
-    result = TokenizeResult(Path(store), len(corpus.files if files is None else files), 0, skipped)
-
-    fz = Featurizer(model.cfg)
-    stream = ChunkStream(corpus, [t[0] for t in todo], fz, chunk_codes * model.units_per_code, model.context_units,
-                         min_seconds=1.0 / model.frame_rate)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers if todo else 0,
-                                         prefetch_factor=4 if workers and todo else None,
-                                         worker_init_fn=_worker_init if workers and todo else None)
-    device = next(model.parameters()).device
-    # Decode workers own the other cores: one model thread per spare core avoids oversubscription.
     threads = torch.get_num_threads()
-    if workers and device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
-    pending: dict[int, list[np.ndarray]] = {}
-    pending_frames: dict[int, list[np.ndarray]] = {}
-    bar = tqdm(total=len(todo), desc="tokenize", unit="file", disable=not progress)
-    with torch.inference_mode():
-        for item in loader:
-            kind, i = item[0], item[1]
-            if kind == "chunk":
-                _, _, chunk, left, n_core = item
-                x = torch.as_tensor(chunk)[None].to(device)  # (1, C, n)
-                codes = model.encode(x)[0]  # (K, t)
-                c0 = left // model.units_per_code
-                c1 = c0 + -(-n_core // model.units_per_code)
-                pending.setdefault(i, []).append(codes[:, c0:c1].cpu().numpy())
-                if stacker is not None:
-                    core = chunk[:, left:left + n_core].numpy()
-                    pending_frames.setdefault(i, []).append(stacker(core))
-                continue
-            _, _, seconds, error = item
-            rel, size, mtime = todo[i]
-            parts = pending.pop(i, [])
-            frames = pending_frames.pop(i, [])
-            if error:
-                writer.fail(rel, error, size, mtime)
-                result.failed[rel] = error
-                log.warning("failed: %s: %s", rel, error)
+    writer = TokenStoreWriter(store, model.store_meta(stacker.dim if stacker else 0), name=writer_name)
+    try:
+        todo, skipped = [], 0
+        for rel in (corpus.files if files is None else files):
+            size, mtime = file_signature(corpus.path(rel))
+            if writer.done(rel, size, mtime):
+                skipped += 1
             else:
-                writer.add(rel, np.concatenate(parts, axis=1), seconds, size, mtime,
-                           np.concatenate(frames) if with_frames else None)
-                result.encoded += 1
-                result.audio_seconds += seconds
-            result.wall_seconds = time.time() - t0
-            bar.set_postfix(hours=f"{result.audio_seconds / 3600:.2f}", rtf=f"{result.realtime_factor:.0f}x",
-                            failed=len(result.failed))
-            bar.update(1)
-    bar.close()
-    torch.set_num_threads(threads)
+                todo.append((rel, size, mtime))
+        result = TokenizeResult(Path(store), len(corpus.files if files is None else files), 0, skipped)
+
+        fz = Featurizer(model.cfg)
+        stream = ChunkStream(corpus, [t[0] for t in todo], fz, chunk_codes * model.units_per_code, model.context_units,
+                             min_seconds=1.0 / model.frame_rate)
+        loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers if todo else 0,
+                                             prefetch_factor=4 if workers and todo else None,
+                                             worker_init_fn=_worker_init if workers and todo else None)
+        device = next(model.parameters()).device
+        # Decode workers own the other cores: one model thread per spare core avoids oversubscription.
+        if workers and device.type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+        pending: dict[int, list[np.ndarray]] = {}
+        pending_frames: dict[int, list[np.ndarray]] = {}
+        bar = tqdm(total=len(todo), desc="tokenize", unit="file", disable=not progress)
+        with torch.inference_mode():
+            for item in loader:
+                kind, i = item[0], item[1]
+                if kind == "chunk":
+                    _, _, chunk, left, n_core = item
+                    x = torch.as_tensor(chunk)[None].to(device)  # (1, C, n)
+                    codes = model.encode(x)[0]  # (K, t)
+                    c0 = left // model.units_per_code
+                    c1 = c0 + -(-n_core // model.units_per_code)
+                    pending.setdefault(i, []).append(codes[:, c0:c1].cpu().numpy())
+                    if stacker is not None:
+                        core = chunk[:, left:left + n_core].numpy()
+                        pending_frames.setdefault(i, []).append(stacker(core))
+                    continue
+                _, _, seconds, error = item
+                rel, size, mtime = todo[i]
+                parts = pending.pop(i, [])
+                frames = pending_frames.pop(i, [])
+                if error:
+                    writer.fail(rel, error, size, mtime)
+                    result.failed[rel] = error
+                    log.warning("failed: %s: %s", rel, error)
+                else:
+                    writer.add(rel, np.concatenate(parts, axis=1), seconds, size, mtime,
+                               np.concatenate(frames) if with_frames else None)
+                    result.encoded += 1
+                    result.audio_seconds += seconds
+                result.wall_seconds = time.time() - t0
+                bar.set_postfix(hours=f"{result.audio_seconds / 3600:.2f}", rtf=f"{result.realtime_factor:.0f}x",
+                                failed=len(result.failed))
+                bar.update(1)
+        bar.close()
+    finally:
+        torch.set_num_threads(threads)
+        writer.close()
     result.wall_seconds = time.time() - t0
     return result
 
@@ -199,6 +202,8 @@ def tokenize(tokenizer_dir: str | Path, audio: str | Path, store: str | Path, wo
     `shard="i/n"` takes every n-th file from the i-th into its own shard files (then `merge-store`). Under
     torchrun (WORLD_SIZE > 1) each rank takes its own share, and rank 0 merges the indexes when all are done.
     """
+    if workers < 0:
+        raise UserError(f"--workers must be >= 0, got {workers}")
     d = distributed.Dist()
     if shard:
         i, n = parse_shard(shard)

@@ -92,7 +92,14 @@ def compute_mel_stats(source: SegmentSource, max_files: int, seed: int) -> MelSt
 def train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path, resume: bool = False,
                     progress: bool = True, stop_at: int | None = None) -> TokenizerTrainResult:
     """Train (or with `resume`, continue) a tokenizer; `stop_at` ends this run early at that step with a
-    checkpoint, keeping the schedule of `train.steps` (for time-limited jobs)."""
+    checkpoint, keeping the schedule of `train.steps` (for time-limited jobs). The `out` folder is locked
+    for the run: a second process writing to it is refused."""
+    with training.run_lock(out):
+        return _train_tokenizer(run, audio, out, resume, progress, stop_at)
+
+
+def _train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path, resume: bool, progress: bool,
+                     stop_at: int | None) -> TokenizerTrainResult:
     tc, mc = run.train, run.model
     r = training.start_run(out, resume, tc)
     out, d, device = r.out, r.dist, r.device

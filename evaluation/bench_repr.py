@@ -1,0 +1,382 @@
+"""The representation benchmark: `musetok bench-repr`. Inductive, several splits, equal pooling, one command.
+
+For each suite (the synthetic one always; the real-music dev kit when `--data` points at it):
+
+1. pretrain: the `small` tokenizer on the suite's pretraining audio, the token store (codes and mel
+   frames), the `small` prior (`mlm` over codes) and the continuous `masked_frames` control with the
+   same steps, batch, width, depth and context (checked, and stated in the table);
+2. probe sets whose audio the tokenizer, its normaliser and the priors never saw (checked by path and
+   by content hash: the benchmark refuses to run otherwise);
+3. rows, all pooled over time the same way (mean and standard deviation, `meanstd`): every prior per
+   layer (the layer chosen on validation), the same prior with random weights, bag of codes (code
+   histogram), MFCC(+delta), log-mel and CQT-chroma statistics;
+4. linear probes on `splits` grouped, stratified splits (a piece, a note, or for the unseen-program
+   tasks a whole program stays in one split); layers and settings chosen on validation log-loss;
+   each cell is the test metric's mean ± std over the splits.
+
+Writes OUT/bench.md (the table, configs, seeds, wall times), OUT/bench.csv (one row per cell and
+split), OUT/bench.json (everything, with file hashes) and OUT/layers_<suite>_<task>.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from musetok.demo.corpus import DemoCorpusConfig, make_demo_corpus
+from musetok.demo.notes import NoteSetConfig, make_note_set
+from musetok.embedding import Embedder
+from musetok.evaluation.baselines import bag_of_codes, handcrafted_features
+from musetok.evaluation.evaluate import slug
+from musetok.evaluation.probe import PRIMARY, Labels, make_split, probe_layers
+from musetok.prior.builder import build_prior_for_store
+from musetok.prior.train import PriorRunConfig, train_prior
+from musetok.shared.audio import list_audio
+from musetok.shared.config import load_config, to_dict
+from musetok.shared.errors import UserError
+from musetok.shared.io import write_json
+from musetok.shared.plots import plot_layer_curves
+from musetok.shared.token_store import TokenStore
+from musetok.tokenizer.builder import load_tokenizer
+from musetok.tokenizer.encode_corpus import tokenize_corpus
+from musetok.tokenizer.train import TokenizerRunConfig, train_tokenizer
+
+log = logging.getLogger("musetok")
+POOL = "meanstd"
+
+
+@dataclass(frozen=True)
+class BenchSizes:
+    """How much audio and how many steps. `None` steps keep the `small` configs' own."""
+
+    pretrain_pieces: int = 160
+    probe_pieces: int = 160
+    piece_seconds: float = 8.0
+    notes: NoteSetConfig = field(default_factory=NoteSetConfig)
+    tokenizer_steps: int | None = None
+    prior_steps: int | None = None
+    splits: int = 3
+
+
+FULL = BenchSizes()
+DEMO = BenchSizes(pretrain_pieces=120, probe_pieces=120, piece_seconds=6.0,
+                  notes=NoteSetConfig(programs=7, pitches=tuple(range(48, 80, 4)), seconds=1.5),
+                  tokenizer_steps=800, prior_steps=400)
+QUICK = BenchSizes(pretrain_pieces=16, probe_pieces=36, piece_seconds=3.0,
+                   notes=NoteSetConfig(programs=4, pitches=(52, 59, 64, 71), seconds=1.0),
+                   tokenizer_steps=30, prior_steps=20, splits=3)
+
+
+@dataclass
+class Task:
+    """A label column probed on a probe set; `group` keeps rows with the same value in one split."""
+
+    name: str
+    column: str
+    kind: str          # classification | key
+    group: str
+
+
+@dataclass
+class ProbeSet:
+    name: str
+    root: Path         # the labels' paths are relative to this folder
+    labels: Path
+    tasks: list[Task]
+
+
+@dataclass
+class Suite:
+    name: str
+    pretrain: Path     # audio folder or manifest the tokenizer and priors are trained on
+    probe_sets: list[ProbeSet]
+
+
+# -- data ---------------------------------------------------------------------------------------------
+def synthetic_suite(out: Path, sizes: BenchSizes, seed: int) -> Suite:
+    """Demo-corpus pieces to pretrain on; other pieces and single notes, from other seeds, to probe."""
+    pre = out / "pretrain"
+    if not (pre / "labels.csv").exists():
+        make_demo_corpus(pre, DemoCorpusConfig(sizes.pretrain_pieces, sizes.piece_seconds, seed=seed))
+    pieces, notes = out / "probe_pieces", out / "probe_notes"
+    if not (pieces / "labels.csv").exists():
+        make_demo_corpus(pieces, DemoCorpusConfig(sizes.probe_pieces, sizes.piece_seconds, seed=seed + 1000))
+    if not (notes / "labels.csv").exists():
+        make_note_set(notes, NoteSetConfig(**{**asdict(sizes.notes), "seed": seed + 2000}))
+    return Suite("synthetic", pre / "audio", [
+        ProbeSet("notes", notes, notes / "labels.csv", [
+            Task("instrument", "family", "classification", "note"),
+            Task("pitch", "pitch", "classification", "note"),
+            Task("instrument (unseen program)", "family", "classification", "program")]),
+        ProbeSet("pieces", pieces, pieces / "labels.csv", [
+            Task("key", "key", "key", "group"),
+            Task("tempo", "tempo_class", "classification", "group"),
+            Task("melody instrument", "instrument", "classification", "group")])])
+
+
+def devkit_suite(data: Path) -> Suite:
+    """The real-music dev kit (../shared/data): pretrain on `music/`, probe its `notes/`. It has no key or
+    tempo labels, so those tasks exist only in the synthetic suite."""
+    music, notes = data / "music", data / "notes"
+    for need in (music / "manifest.csv", notes / "labels.csv"):
+        if not need.is_file():
+            raise UserError(f"--data {data}: {need} not found (build the dev kit with ../shared/data/make_dev_data.sh)")
+    return Suite("real music (dev kit)", music / "manifest.csv", [
+        ProbeSet("notes", notes, notes / "labels.csv", [
+            Task("instrument", "instrument_family_name", "classification", "note_id"),
+            Task("pitch", "pitch", "classification", "note_id"),
+            Task("instrument (unseen program)", "instrument_family_name", "classification", "program")])])
+
+
+def sha1_file(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_disjoint(pretrain: list[Path], probe: list[Path]) -> dict[str, str]:
+    """Refuse a probe clip that is also in the pretraining audio, by resolved path or by content hash.
+    Returns sha1 per file, for the record."""
+    hashes = {str(p): sha1_file(p) for p in [*pretrain, *probe]}
+    seen_paths = {p.resolve(): p for p in pretrain}
+    seen_hashes = {hashes[str(p)]: p for p in pretrain}
+    for p in probe:
+        other = seen_paths.get(p.resolve()) or seen_hashes.get(hashes[str(p)])
+        if other is not None:
+            raise UserError(f"{p}: this probe clip is also in the pretraining audio ({other}); the benchmark "
+                            "only probes clips the tokenizer and priors never saw")
+    return hashes
+
+
+def read_rows(labels: Path) -> list[dict]:
+    with open(labels, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- pretraining ----------------------------------------------------------------------------------------
+def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bool, times: dict) -> dict:
+    """Tokenizer, store and the two priors at equal compute; returns their folders and run configs."""
+    t = time.time()
+    tok_over = [f"train.seed={seed}"] + ([f"train.steps={sizes.tokenizer_steps}"] if sizes.tokenizer_steps else [])
+    tok_run = load_config(TokenizerRunConfig, "small", tok_over, kind="tokenizer")
+    if not (out / "tokenizer" / "model.safetensors").exists():
+        train_tokenizer(tok_run, suite.pretrain, out / "tokenizer", progress=progress)
+    times["tokenizer"] = time.time() - t
+    t = time.time()
+    tokenize_corpus(load_tokenizer(out / "tokenizer"), suite.pretrain, out / "store", progress=progress,
+                    with_frames=True)
+    times["tokenize"] = time.time() - t
+    runs = {}
+    for objective in ("mlm", "masked_frames"):
+        t = time.time()
+        over = [f"model.objective={objective}", f"train.seed={seed}"]
+        over += [f"train.steps={sizes.prior_steps}"] if sizes.prior_steps else []
+        runs[objective] = load_config(PriorRunConfig, "small", over, kind="prior")
+        if not (out / f"prior_{objective}" / "model.safetensors").exists():
+            train_prior(runs[objective], out / "store", out / f"prior_{objective}", progress=progress)
+        times[f"prior_{objective}"] = time.time() - t
+    a, b = runs["mlm"], runs["masked_frames"]
+    same = {k: getattr(a.model, k) for k in ("dim", "layers", "heads", "mlp", "max_len")}
+    same.update({k: getattr(a.train, k) for k in ("steps", "batch_size", "grad_accum")})
+    assert same == {**{k: getattr(b.model, k) for k in ("dim", "layers", "heads", "mlp", "max_len")},
+                    **{k: getattr(b.train, k) for k in ("steps", "batch_size", "grad_accum")}}
+    return {"tokenizer": to_dict(tok_run), "priors": {k: to_dict(v) for k, v in runs.items()}, "equal_compute": same}
+
+
+# -- features -------------------------------------------------------------------------------------------
+def pooled(emb: Embedder, inputs: list[np.ndarray], batch: int = 32) -> np.ndarray:
+    """Prior inputs -> `(N, L, 2D)` mean/std-pooled states of every layer."""
+    out = []
+    for i in range(0, len(inputs), batch):
+        out += [e.pooled(POOL).numpy() for e in emb.embed_inputs(inputs[i:i + batch])]
+    return np.stack(out).astype(np.float32)
+
+
+def features(out: Path, paths: list[Path], seed: int, times: dict) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Every row of the table for these clips: name -> `(N, L, D)` (or `(N, D)`), plus the priors' layer names."""
+    tok = load_tokenizer(out / "tokenizer")
+    mlm = Embedder.from_pretrained(out / "tokenizer", out / "prior_mlm")
+    frames = Embedder.from_pretrained(out / "tokenizer", out / "prior_masked_frames")
+    torch.manual_seed(seed)
+    random_prior = Embedder(tok, build_prior_for_store(mlm.prior.cfg, TokenStore(out / "store")))
+    t = time.time()
+    codes = [mlm.inputs_from_file(p) for p in paths]
+    frame_inputs = [frames.inputs_from_file(p) for p in paths]
+    feats = {"musetok prior (mlm, codes)": pooled(mlm, codes),
+             "masked_frames prior (equal compute)": pooled(frames, frame_inputs),
+             "random-weights prior": pooled(random_prior, codes),
+             "bag of codes": np.stack([bag_of_codes(c, tok.codebook_size) for c in codes])}
+    times["embed"] = times.get("embed", 0.0) + time.time() - t
+    t = time.time()
+    hand = handcrafted_features(paths, tok.sample_rate)
+    feats.update({"mfcc+delta mean/std": hand["mfcc"], "log-mel mean/std": hand["logmel"],
+                  "chroma (CQT) mean/std": hand["chroma"]})
+    times["baselines"] = times.get("baselines", 0.0) + time.time() - t
+    return feats, mlm.layer_names
+
+
+# -- probes ---------------------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    """One row x task: the test metric over the splits, and the layer chosen on validation in each."""
+
+    suite: str
+    task: str
+    features: str
+    metric: str
+    test: list[float]
+    layers: list[str]
+    per_layer_valid: list[list[float]]   # per split: the validation primary metric of every layer
+    layer_names: list[str]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.test))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.test))
+
+    @property
+    def layer(self) -> str:
+        """The layer chosen most often on validation (ties: the earlier)."""
+        return Counter(self.layers).most_common(1)[0][0]
+
+
+def probe_suite(suite: Suite, feats_by_set: dict[str, tuple[dict, list[str]]], sizes: BenchSizes, seed: int,
+                probes: tuple[str, ...]) -> list[Cell]:
+    cells = []
+    for ps in suite.probe_sets:
+        rows = read_rows(ps.labels)
+        feats, layer_names = feats_by_set[ps.name]
+        for task in ps.tasks:
+            labels = Labels([r["path"] for r in rows], [r[task.column] for r in rows], task.kind,
+                            groups=np.array([r[task.group] for r in rows]))
+            splits = [make_split(labels, seed=seed + s) for s in range(sizes.splits)]
+            for name, x in feats.items():
+                names = layer_names if x.ndim == 3 else [name]
+                cell = Cell(suite.name, task.name, name, PRIMARY[task.kind], [], [], [], names)
+                for split in splits:
+                    r = probe_layers(x, names, labels, split, name, task.name, probes, seed, jobs=2)
+                    cell.test.append(r.test[r.metric])
+                    cell.layers.append(r.layer)
+                    cell.per_layer_valid.append([v for _, v, _ in r.per_layer])
+                cells.append(cell)
+                log.info("  %-20s %-28s %-36s %.3f ± %.3f [%s]", suite.name[:20], task.name, name, cell.mean,
+                         cell.std, cell.layer)
+    return cells
+
+
+# -- output ---------------------------------------------------------------------------------------------
+def format_table(cells: list[Cell], suite: str) -> str:
+    """Markdown: rows are feature sets, columns tasks; `mean ± std` of the test metric over the splits, and
+    for multi-layer rows the layer chosen most often on validation."""
+    cs = [c for c in cells if c.suite == suite]
+    tasks = list(dict.fromkeys(c.task for c in cs))
+    names = list(dict.fromkeys(c.features for c in cs))
+    by = {(c.features, c.task): c for c in cs}
+    head = "| features | " + " | ".join(f"{t} ({by[(names[0], t)].metric})" for t in tasks) + " |"
+    lines = [head, "|" + "---|" * (len(tasks) + 1)]
+    for n in names:
+        cells_txt = []
+        for t in tasks:
+            c = by[(n, t)]
+            best = max(by[(m, t)].mean for m in names)
+            txt = f"{c.mean:.3f} ± {c.std:.3f}" + (f" [{c.layer}]" if len(c.layer_names) > 1 else "")
+            cells_txt.append(f"**{txt}**" if c.mean == best else txt)
+        lines.append(f"| {n} | " + " | ".join(cells_txt) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, cells: list[Cell], record: dict) -> Path:
+    suites = list(dict.fromkeys(c.suite for c in cells))
+    with open(out / "bench.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["suite", "task", "features", "metric", "split", "test", "layer", "mean", "std"])
+        for c in cells:
+            for i, (v, layer) in enumerate(zip(c.test, c.layers)):
+                w.writerow([c.suite, c.task, c.features, c.metric, i, f"{v:.4f}", layer, f"{c.mean:.4f}",
+                            f"{c.std:.4f}"])
+    for suite in suites:
+        for task in dict.fromkeys(c.task for c in cells if c.suite == suite):
+            multi = [c for c in cells if c.suite == suite and c.task == task and len(c.layer_names) > 1]
+            if multi:
+                plot_layer_curves(out / f"layers_{slug(suite)}_{slug(task)}.png", multi[0].layer_names,
+                                  {c.features: np.mean(c.per_layer_valid, axis=0).tolist() for c in multi},
+                                  f"validation {multi[0].metric}", f"{suite}: {task} (mean over splits)")
+    record["cells"] = [{**asdict(c), "mean": c.mean, "std": c.std, "layer": c.layer} for c in cells]
+    write_json(out / "bench.json", record)
+    lines = ["# musetok representation benchmark", "",
+             f"Command: `{record['command']}`. Wall time {record['wall_seconds']:.0f} s on "
+             f"{record['threads']} threads.", "",
+             f"Every row is pooled over time the same way ({POOL}: mean and standard deviation; bag of codes is "
+             "a code histogram). Linear probes; layer and C chosen on validation log-loss; each cell is the "
+             f"test metric's mean ± std over {record['splits']} grouped splits (seeds {record['split_seeds']}); "
+             "[layer] is the layer chosen most often. Best row per task in bold. No probed clip was seen in "
+             "pretraining (checked by path and sha1).", ""]
+    for suite in suites:
+        pre = record["suites"][suite]
+        lines += [f"## {suite}", "", f"Pretraining: {pre['pretrain_files']} files, {pre['pretrain_hours']:.2f} h; "
+                  f"probed: {pre['probe_files']} clips. Equal compute for both priors: "
+                  + ", ".join(f"{k} {v}" for k, v in pre["equal_compute"].items()) + ".", "",
+                  format_table(cells, suite), ""]
+        lines += [f"![{p.stem}]({p.name})" for p in sorted(out.glob(f"layers_{slug(suite)}_*.png"))] + [""]
+    lines += ["## Wall time per stage (s)", "", "| suite | stage | seconds |", "|---|---|---|"]
+    for suite in suites:
+        lines += [f"| {suite} | {k} | {v:.0f} |" for k, v in record["suites"][suite]["times"].items()]
+    path = out / "bench.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = False, sizes: BenchSizes | None = None,
+               seed: int = 0, probes: tuple[str, ...] = ("linear",), progress: bool = True,
+               command: str = "musetok bench-repr") -> tuple[Path, list[Cell]]:
+    """Run the benchmark into `out` (see the module doc); `data`: the dev kit folder (music/ and notes/) for the
+    real-music suite. Returns the path of bench.md and every cell."""
+    t0 = time.time()
+    out = Path(out)
+    sizes = sizes or (QUICK if quick else FULL)
+    suites = [synthetic_suite(out / "synthetic" / "data", sizes, seed)]
+    if data is not None:
+        suites.append(devkit_suite(Path(data)))
+    cells: list[Cell] = []
+    record = {"command": command, "seed": seed, "splits": sizes.splits,
+              "split_seeds": [seed + s for s in range(sizes.splits)], "probes": list(probes), "pool": POOL,
+              "sizes": asdict(sizes), "threads": torch.get_num_threads(), "suites": {}}
+    checked = []  # every suite is checked before anything is trained
+    for suite in suites:
+        corpus = list_audio(suite.pretrain)
+        pre_files = [corpus.path(f) for f in corpus.files]
+        probe_files = {ps.name: [ps.root / r["path"] for r in read_rows(ps.labels)] for ps in suite.probe_sets}
+        hashes = check_disjoint(pre_files, [p for ps in probe_files.values() for p in ps])
+        log.info("%s: %d pretraining files, %d probe clips, disjoint", suite.name, len(pre_files), len(hashes) -
+                 len(pre_files))
+        checked.append((suite, pre_files, probe_files, hashes))
+    for suite, pre_files, probe_files, hashes in checked:
+        work = out / slug(suite.name.split(" ")[0])
+        work.mkdir(parents=True, exist_ok=True)
+        times: dict[str, float] = {}
+        configs = pretrain(suite, work, sizes, seed, progress, times)
+        store = TokenStore(work / "store")
+        feats = {ps.name: features(work, probe_files[ps.name], seed, times) for ps in suite.probe_sets}
+        t = time.time()
+        cells += probe_suite(suite, feats, sizes, seed, probes)
+        times["probes"] = time.time() - t
+        record["suites"][suite.name] = {
+            "pretrain_files": len(pre_files), "pretrain_hours": store.hours,
+            "probe_files": len(hashes) - len(pre_files),
+            "equal_compute": configs.pop("equal_compute"), "configs": configs, "times": times,
+            "sha1": {str(Path(p).resolve()): h for p, h in hashes.items()}}
+    record["wall_seconds"] = time.time() - t0
+    return write_outputs(out, cells, record), cells

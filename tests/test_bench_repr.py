@@ -1,0 +1,89 @@
+"""`musetok bench-repr`: inductive (refuses probe clips seen in pretraining), several splits, one table."""
+
+import csv
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from musetok.cli import main
+from musetok.evaluation.bench_repr import check_disjoint
+from musetok.shared.errors import UserError
+from tests.conftest import tone, write
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "repr"
+    assert main(["bench-repr", "--quick", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_quick_bench_writes_the_table_with_mean_and_std(bench):
+    md = (bench / "bench.md").read_text()
+    rows = list(csv.DictReader(open(bench / "bench.csv")))
+    cells = {(c["task"], c["features"]): c for c in json.loads((bench / "bench.json").read_text())["cells"]}
+    tasks = ["instrument", "pitch", "instrument (unseen program)", "key", "tempo", "melody instrument"]
+    features = ["musetok prior (mlm, codes)", "masked_frames prior (equal compute)", "random-weights prior",
+                "bag of codes", "mfcc+delta mean/std", "log-mel mean/std", "chroma (CQT) mean/std"]
+    assert {r["task"] for r in rows} == set(tasks) and {r["features"] for r in rows} == set(features)
+    for t in tasks:
+        for f in features:
+            cell = [r for r in rows if r["task"] == t and r["features"] == f]
+            assert [r["split"] for r in cell] == ["0", "1", "2"]  # three splits per cell
+            test = np.array([float(r["test"]) for r in cell])
+            assert float(cell[0]["mean"]) == pytest.approx(test.mean(), abs=1e-4)
+            assert float(cell[0]["std"]) == pytest.approx(test.std(), abs=1e-4)
+            c = cells[(t, f)]
+            assert c["mean"] == pytest.approx(np.mean(c["test"])) and c["std"] == pytest.approx(np.std(c["test"]))
+            line = next(ln for ln in md.splitlines() if ln.startswith(f"| {f} |"))
+            assert f"{c['mean']:.3f} ± {c['std']:.3f}" in line
+    # multi-layer rows report the layer chosen on validation; the per-layer plots exist
+    prior_line = next(ln for ln in md.splitlines() if ln.startswith("| musetok prior"))
+    assert len(re.findall(r"\[(input|layer\d)\]", prior_line)) == len(tasks)
+    assert "meanstd" in md and "Equal compute for both priors" in md and "steps 20" in md
+    assert (bench / "layers_synthetic_pitch.png").is_file()
+
+
+def test_the_probed_clips_were_never_pretrained_on(bench):
+    pre = sorted((bench / "synthetic" / "data" / "pretrain" / "audio").rglob("*.wav"))
+    probed = sorted((bench / "synthetic" / "data" / "probe_notes" / "audio").rglob("*.wav")) + \
+        sorted((bench / "synthetic" / "data" / "probe_pieces" / "audio").rglob("*.wav"))
+    assert pre and probed
+    check_disjoint(pre, probed)  # no error: disjoint by path and content
+
+
+def test_refuses_a_probe_clip_that_was_pretrained_on(tmp_path):
+    """A dev kit whose notes include a copy of a pretraining file: refused before anything is trained."""
+    data = tmp_path / "kit"
+    for i in range(2):
+        write(data / "music" / "audio" / f"m{i}.wav", tone(2.0, 200.0 + 50 * i, sr=22050), 22050)
+    (data / "music" / "manifest.csv").write_text("path\naudio/m0.wav\naudio/m1.wav\n")
+    (data / "notes" / "audio").mkdir(parents=True)
+    write(data / "notes" / "audio" / "n0.wav", tone(1.0, 300.0, sr=22050), 22050)
+    shutil.copy(data / "music" / "audio" / "m1.wav", data / "notes" / "audio" / "n1.wav")
+    (data / "notes" / "labels.csv").write_text(
+        "path,instrument_family_name,pitch,note_id,program\n"
+        "audio/n0.wav,organ,60,n0,p0\naudio/n1.wav,organ,62,n1,p1\n")
+    with pytest.raises(UserError, match="n1.wav: this probe clip is also in the pretraining audio"):
+        check_disjoint([data / "music" / "audio" / "m1.wav"], [data / "notes" / "audio" / "n1.wav"])
+    assert main(["bench-repr", "--quick", "--data", str(data), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert not (tmp_path / "out" / "synthetic" / "tokenizer").exists()  # nothing was trained
+
+
+def test_demo_is_the_benchmark_at_demo_size(tmp_path, monkeypatch, capsys):
+    import musetok.demo.run as demo
+    from musetok.evaluation.bench_repr import DEMO, QUICK
+    calls = []
+
+    def fake(out, **kw):
+        calls.append(kw)
+        (tmp_path / "bench.md").write_text("table")
+        return tmp_path / "bench.md", []
+    monkeypatch.setattr(demo, "bench_repr", fake)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--quiet"]) == 0
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "--quiet"]) == 0
+    assert [c["sizes"] for c in calls] == [DEMO, QUICK] and all("data" not in c for c in calls)
+    assert "table" in capsys.readouterr().out
