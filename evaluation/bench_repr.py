@@ -237,6 +237,7 @@ class Cell:
     test: list[float]
     layers: list[str]
     per_layer_valid: list[list[float]]   # per split: the validation primary metric of every layer
+    per_layer_select: list[list[float]]  # per split: the score layers were chosen by (validation log-loss)
     layer_names: list[str]
 
     @property
@@ -265,12 +266,13 @@ def probe_suite(suite: Suite, feats_by_set: dict[str, tuple[dict, list[str]]], s
             splits = [make_split(labels, seed=seed + s) for s in range(sizes.splits)]
             for name, x in feats.items():
                 names = layer_names if x.ndim == 3 else [name]
-                cell = Cell(suite.name, task.name, name, PRIMARY[task.kind], [], [], [], names)
+                cell = Cell(suite.name, task.name, name, PRIMARY[task.kind], [], [], [], [], names)
                 for split in splits:
                     r = probe_layers(x, names, labels, split, name, task.name, probes, seed, jobs=2)
                     cell.test.append(r.test[r.metric])
                     cell.layers.append(r.layer)
-                    cell.per_layer_valid.append([v for _, v, _ in r.per_layer])
+                    cell.per_layer_valid.append([p[1] for p in r.per_layer])
+                    cell.per_layer_select.append([p[3] for p in r.per_layer])
                 cells.append(cell)
                 log.info("  %-20s %-28s %-36s %.3f ± %.3f [%s]", suite.name[:20], task.name, name, cell.mean,
                          cell.std, cell.layer)

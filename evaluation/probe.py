@@ -222,8 +222,9 @@ def _evaluate(task: str, model, x: np.ndarray, y) -> dict[str, float]:
 
 @dataclass
 class ProbeResult:
-    """One feature set on one task. `per_layer`: (layer, valid primary, test primary) for every layer;
-    `layer` is the one chosen on validation (by `SELECT[task]`), and `valid`/`test` are its full metrics."""
+    """One feature set on one task. `per_layer`: (layer, valid primary, test primary, valid selection score)
+    for every layer; `layer` is the one chosen on validation (by `SELECT[task]`, the fourth entry), and
+    `valid`/`test` are its full metrics."""
 
     features: str
     task: str
@@ -234,7 +235,7 @@ class ProbeResult:
     params: str
     valid: dict[str, float]
     test: dict[str, float]
-    per_layer: list[tuple[str, float, float]] = field(default_factory=list)
+    per_layer: list[tuple[str, float, float, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -254,9 +255,9 @@ def probe_layers(features: np.ndarray, layer_names: list[str], labels: Labels, s
                                  for i in range(features.shape[1])) if jobs > 1 else \
         [fit_probe(features[:, i], labels, split, probes, seed) for i in range(features.shape[1])]
     best = best_index([f.valid for f in fits], labels.task)
-    f = fits[best]
+    f, key = fits[best], SELECT[labels.task]
     return ProbeResult(name, labels.task, target, metric, layer_names[best], f.probe, f.params, f.valid, f.test,
-                       [(layer_names[i], fits[i].valid[metric], fits[i].test[metric]) for i in range(len(fits))])
+                       [(layer_names[i], g.valid[metric], g.test[metric], g.valid[key]) for i, g in enumerate(fits)])
 
 
 def file_sha1(path: str | Path) -> str:

@@ -47,6 +47,24 @@ def test_quick_bench_writes_the_table_with_mean_and_std(bench):
     assert (bench / "layers_synthetic_pitch.png").is_file()
 
 
+def test_layers_are_chosen_on_validation_log_loss_not_order(bench):
+    """In every split, the chosen layer is the one with the lowest validation log-loss; where layers tie on
+    validation accuracy, that is what decides (not which layer comes first)."""
+    cells = json.loads((bench / "bench.json").read_text())["cells"]
+    ties = 0
+    for c in cells:
+        if len(c["layer_names"]) < 2:
+            continue
+        for layer, acc, loss in zip(c["layers"], c["per_layer_valid"], c["per_layer_select"]):
+            chosen = c["layer_names"].index(layer)
+            assert chosen == int(np.argmin(loss)), (c["task"], c["features"], loss)
+            best_acc = [i for i, a in enumerate(acc) if a == max(acc)]
+            if len(best_acc) > 1:
+                ties += 1
+                assert loss[chosen] <= min(loss[i] for i in best_acc)  # not simply the first of the tied
+    assert ties > 0  # the quick run's small validation sets do tie on accuracy
+
+
 def test_the_probed_clips_were_never_pretrained_on(bench):
     pre = sorted((bench / "synthetic" / "data" / "pretrain" / "audio").rglob("*.wav"))
     probed = sorted((bench / "synthetic" / "data" / "probe_notes" / "audio").rglob("*.wav")) + \
