@@ -8,11 +8,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: venv demo demo-quick test lint bench bench-repr clean
 
+# pip's own chatter goes to .venv/install.log; only errors (and one line when done) reach the terminal.
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
-	touch $(STAMP)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]" \
+		> $(VENV)/install.log 2>&1 || { grep -v "^WARNING: Location" $(VENV)/install.log; exit 1; }
+	@$(BIN)/python -c "from importlib.metadata import version as v; \
+		print(f'installed musetok {v(\"musetok\")} with torch {v(\"torch\")} into $(VENV) (pip log: $(VENV)/install.log)')"
+	@touch $(STAMP)
 
 venv: $(STAMP)
 
@@ -30,7 +33,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,bench]"
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,bench]" \
+		> $(VENV)/install.log 2>&1 || { grep -v "^WARNING: Location" $(VENV)/install.log; exit 1; }
 	$(BIN)/python benchmarks/bench_tokenize.py
 	$(BIN)/python benchmarks/bench_prior.py
 	$(BIN)/python benchmarks/bench_scale.py

@@ -127,6 +127,15 @@ def cmd_bench_repr(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle(a: argparse.Namespace) -> int:
+    from musetok.embedding.hear import write_bundle
+
+    out = write_bundle(a.tokenizer, a.prior, a.out, layers=a.layers, combine=a.combine)
+    print(f"bundle -> {out} (HEAR module musetok.embedding.hear; check it with: "
+          f"hearvalidator musetok.embedding.hear --model {out})")
+    return 0
+
+
 def cmd_merge_store(a: argparse.Namespace) -> int:
     from musetok.shared.token_store import TokenStore, merge_indexes
 
@@ -245,6 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_bench_repr)
+
+    s = sub.add_parser("bundle", help="put a tokenizer and its prior in one folder, for the HEAR API and the Hub")
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--prior", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--layers", default="all", help="states that feed HEAR embeddings: all | last | names (default all)")
+    s.add_argument("--combine", choices=["concat", "mean"], default="concat",
+                   help="how the chosen layers are combined (default concat)")
+    s.set_defaults(fn=cmd_bundle)
 
     s = sub.add_parser("merge-store", help="fold the index files of sharded tokenize runs into one index")
     s.add_argument("store")

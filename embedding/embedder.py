@@ -27,6 +27,7 @@ from musetok.prior.builder import load_prior
 from musetok.prior.model import Prior
 from musetok.shared.audio import to_mono_resampled
 from musetok.shared.errors import UserError
+from musetok.shared.hub import resolve_folder
 from musetok.tokenizer.base import Tokenizer
 from musetok.tokenizer.builder import load_tokenizer
 from musetok.tokenizer.features import Featurizer, frame_stacker
@@ -84,10 +85,15 @@ class Embedder:
         self.device = next(prior.parameters()).device
 
     @classmethod
-    def from_pretrained(cls, tokenizer_dir: str | Path, prior_dir: str | Path, device: str = "cpu",
+    def from_pretrained(cls, tokenizer_dir: str | Path, prior_dir: str | Path | None = None, device: str = "cpu",
                         batch_size: int = 16) -> Embedder:
-        tok = load_tokenizer(tokenizer_dir, device=device)
-        return cls(tok, load_prior(prior_dir, device=device, tokenizer=tok), batch_size)
+        """From a tokenizer folder and a prior folder, or from one bundle folder holding `tokenizer/` and
+        `prior/` (`musetok bundle`). Each may be a Hugging Face Hub repo id instead of a local path."""
+        if prior_dir is None:
+            bundle = resolve_folder(tokenizer_dir)
+            tokenizer_dir, prior_dir = bundle / "tokenizer", bundle / "prior"
+        tok = load_tokenizer(resolve_folder(tokenizer_dir), device=device)
+        return cls(tok, load_prior(resolve_folder(prior_dir), device=device, tokenizer=tok), batch_size)
 
     @property
     def frame_rate(self) -> float:

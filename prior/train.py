@@ -24,6 +24,7 @@ from musetok.prior.model import Prior
 from musetok.prior.objectives import compute_loss
 from musetok.shared import distributed, training
 from musetok.shared.config import ConfigError, to_dict
+from musetok.shared.model_card import write_model_card
 from musetok.shared.plots import plot_curves
 from musetok.shared.token_store import TokenStore
 
@@ -134,6 +135,18 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
         validate()
     plot_curves(out / "training_curve.png", training.read_metrics(out / training.METRICS_FILE),
                 ["loss", "valid_loss"], f"prior ({mc.objective})")
-    distributed.shutdown(d)
     loss = last_valid["loss"]
+    metrics_txt = f"loss {loss:.4f}" + (f", accuracy {last_valid['accuracy']:.3f}" if mc.discrete else "")
+    write_model_card(out, f"musetok prior ({mc.objective})",
+                     f"A transformer prior ({mc.layers} layers x {mc.dim}, context {mc.max_len} frames) trained "
+                     f"with musetok's `{mc.objective}` objective on the token store of tokenizer {mc.tokenizer_id}. "
+                     "Its hidden states are music embeddings.",
+                     {"trained on": f"{len(train_paths)} files, {store.hours:.2f} h in the store ({store_dir}); "
+                                    f"{len(valid_paths)} files for validation",
+                      "steps": f"{step} of {tc.steps}, batch {tc.batch_size} x {mc.max_len} frames",
+                      "validation": metrics_txt, "tokenizer id": mc.tokenizer_id,
+                      "frame rate": f"{mc.frame_rate:.2f} Hz"},
+                     'from musetok.embedding import Embedder\n\n'
+                     f'emb = Embedder.from_pretrained("TOKENIZER_FOLDER", "{out.name}")')
+    distributed.shutdown(d)
     return PriorTrainResult(out, step, loss, last_valid["accuracy"], math.exp(min(loss, 50)) if mc.discrete else None)

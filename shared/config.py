@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import json
 import types
 import typing
@@ -22,8 +23,8 @@ from musetok.shared.errors import UserError
 
 T = TypeVar("T")
 
-# Top-level folder holding the YAML configs (only present in a source checkout / editable install).
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The YAML configs, installed as the package data of `musetok.configs` (the top-level configs/ folder).
+CONFIG_DIR = Path(str(importlib.resources.files("musetok.configs")))
 
 
 class ConfigError(UserError, ValueError):

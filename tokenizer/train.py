@@ -19,6 +19,7 @@ import torch
 from musetok.shared import distributed, training
 from musetok.shared.audio import AudioError, list_audio
 from musetok.shared.config import check, to_dict
+from musetok.shared.model_card import write_model_card
 from musetok.shared.normalize import MelStats, MelStatsAccumulator
 from musetok.shared.plots import plot_codebook_usage, plot_reconstruction
 from musetok.tokenizer.builder import NORMALIZER_FILE, build_tokenizer, save_tokenizer, tokenizer_id
@@ -179,6 +180,17 @@ def _train_tokenizer(run: TokenizerRunConfig, audio: str | Path, out: str | Path
             dec = fz.array(o.recon[0, 0].cpu().numpy())
     plot_reconstruction(out / "reconstruction.png", orig, dec, mc.mel.frame_rate,
                         f"validation segment, recon loss {last_valid['loss']:.4f}")
+    tok_id = tokenizer_id(model)
+    write_model_card(out, f"musetok tokenizer {tok_id}",
+                     f"A {mc.input} VQ-VAE tokenizer trained with musetok: {mc.num_codebooks} codebook(s) of "
+                     f"{mc.codebook_size} codes at {mc.frame_rate:.2f} Hz.",
+                     {"trained on": f"{len(train_src.files)} files, {train_src.hours:.2f} h ({audio}); "
+                                    f"{len(valid_src.files)} files held out",
+                      "steps": f"{step} of {tc.steps}, batch {tc.batch_size} x {tc.segment_seconds:g} s",
+                      "validation reconstruction loss": f"{last_valid['loss']:.4f}",
+                      "codebook usage (validation)": ", ".join(f"{u:.0f}%" for u in last_valid["usage"]),
+                      "tokenizer id": tok_id, "sample rate": f"{mc.mel.sample_rate} Hz"},
+                     f'from musetok.tokenizer import load_tokenizer\n\ntok = load_tokenizer("{out.name}")')
     distributed.shutdown(d)
-    return TokenizerTrainResult(out, step, tokenizer_id(model), last_valid["loss"], last_valid["usage"],
+    return TokenizerTrainResult(out, step, tok_id, last_valid["loss"], last_valid["usage"],
                                 len(train_src.files), {**train_src.bad, **valid_src.bad})

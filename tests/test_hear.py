@@ -1,0 +1,92 @@
+"""The HEAR 2021 API (the checks hear-validator makes, without its TensorFlow import), bundles, model cards,
+and Hub repo ids resolved offline from a pre-populated cache."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from musetok.cli import main
+from musetok.embedding import hear
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, trained_tokenizer, prior_dirs):
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    assert main(["bundle", "--tokenizer", str(trained_tokenizer), "--prior", str(prior_dirs["mlm"]),
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_bundle_loads_with_the_hear_attributes(bundle):
+    model = hear.load_model(str(bundle))
+    assert isinstance(model, torch.nn.Module)
+    assert model.sample_rate in (16000, 22050, 44100, 48000)
+    assert model.scene_embedding_size == model.timestamp_embedding_size == 3 * 64  # 3 layers concatenated
+    assert not (bundle / "tokenizer" / "train_state.pt").exists() and (bundle / "hear.json").is_file()
+
+
+def test_timestamp_and_scene_embeddings_follow_the_spec(bundle):
+    model = hear.load_model(str(bundle))
+    sr = model.sample_rate
+    noise = torch.rand(3, 2 * sr) * 2 - 1  # a batch of white noise in [-1, 1]
+    emb, ts = hear.get_timestamp_embeddings(noise, model)
+    assert emb.dtype == torch.float32 and ts.dtype == torch.float32
+    assert emb.shape[:2] == ts.shape and emb.shape[0] == 3 and emb.shape[2] == model.timestamp_embedding_size
+    steps = ts[0, 1:] - ts[0, :-1]
+    assert (steps > 0).all() and steps.max() <= 50.0 and torch.allclose(steps, steps[0])  # regular, <= 50 ms
+    assert 0 <= ts[0, 0] < steps[0] and ts[0, -1] <= 2000.0
+    assert torch.equal(ts[0], ts[2])
+    scene = hear.get_scene_embeddings(noise, model)
+    assert scene.shape == (3, model.scene_embedding_size) and scene.dtype == torch.float32
+    torch.testing.assert_close(scene, emb.mean(1))
+    assert torch.isfinite(emb).all()
+    short = torch.rand(2, 100) - 0.5  # far shorter than one analysis window
+    e, t = hear.get_timestamp_embeddings(short, model)
+    assert e.shape[0] == 2 and e.shape[1] >= 1 and t.shape == e.shape[:2]
+    assert hear.get_scene_embeddings(short, model).shape == (2, model.scene_embedding_size)
+
+
+def test_layer_choice_is_the_bundles(tmp_path, trained_tokenizer, prior_dirs):
+    out = hear.write_bundle(trained_tokenizer, prior_dirs["mlm"], tmp_path / "b", layers="last", combine="mean")
+    model = hear.load_model(str(out))
+    assert model.scene_embedding_size == 64
+    with pytest.raises(Exception, match="give load_model the folder"):
+        hear.load_model("")
+
+
+def test_saved_folders_have_model_cards(trained_tokenizer, prior_dirs):
+    tok = (trained_tokenizer / "README.md").read_text()
+    assert tok.startswith("---\nlibrary_name: musetok") and "license:" in tok
+    for needle in ("trained on", "files", " h (", "steps", "300 of 300", "validation reconstruction loss",
+                   "tokenizer id"):
+        assert needle in tok, needle
+    prior = (prior_dirs["mlm"] / "README.md").read_text()
+    for needle in ("musetok prior (mlm)", "trained on", "steps", "20 of 20", "accuracy", "tokenizer id"):
+        assert needle in prior, needle
+
+
+def test_hub_repo_id_resolved_offline_from_the_cache(tmp_path, bundle):
+    """A bundle laid out as the Hub cache holds a downloaded repo; with HF_HUB_OFFLINE=1 nothing goes to
+    the network, and both entry points find it by repo id."""
+    cache = tmp_path / "hub"
+    repo = cache / "models--someone--musetok-demo"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(bundle, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    code = ("from musetok.embedding import Embedder, hear\n"
+            "m = hear.load_model('someone/musetok-demo')\n"
+            "e = Embedder.from_pretrained('someone/musetok-demo')\n"
+            "print(m.scene_embedding_size, e.prior.cfg.dim)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["192", "64"]
+    r = subprocess.run([sys.executable, "-m", "musetok.cli", "embed", "--tokenizer", "someone/not-cached",
+                        "--prior", "someone/not-cached", "--audio", str(tmp_path), "--out", str(tmp_path / "e")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "someone/not-cached" in r.stderr, r.stderr
