@@ -57,7 +57,7 @@ def make_runners(args):
         cfg = PriorConfig(objective=objective, dim=d, layers=l, heads=h, max_len=t, codebook_size=v, num_codebooks=1)
         model = Prior(cfg)
         opt = make_optimizer(model, 1e-4, 0.1)
-        batch = Batch(codes, torch.full((b,), t), torch.arange(b))
+        batch = Batch(codes, None, torch.full((b,), t), torch.arange(b))
 
         def step(model=model, opt=opt, batch=batch):
             o = compute_loss(model, batch)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from musetok.embedding.embedder import POOLS, Embedder
 from musetok.prior.builder import check_tokenizer
+from musetok.prior.model import join_input
 from musetok.shared.audio import AudioError, list_audio
 from musetok.shared.errors import UserError
 from musetok.shared.io import atomic_write, atomic_write_text
@@ -65,14 +66,15 @@ def parse_layers(spec: str, names: list[str]) -> list[int]:
 def _store_loader(embedder: Embedder, store: str | Path):
     """(names, durations, load(i)) for the items of a token store written with the embedder's tokenizer."""
     st = TokenStore(store)
-    check_tokenizer(embedder.prior.cfg, st.meta, store)
-    if embedder.frames is not None and not st.has_frames:
+    cfg = embedder.prior.cfg
+    check_tokenizer(cfg, st.meta, store)
+    if cfg.reads_frames and not st.has_frames:
         raise UserError(f"{store}: this prior reads mel frames; the store has none (tokenize with --with-frames)")
 
-    def load(i: int) -> np.ndarray:
-        if embedder.frames is None:
-            return np.asarray(st.codes(i))
-        return np.asarray(st.frames_window(i, 0, st.items[i].length), dtype=np.float32)
+    def load(i: int):
+        n = st.items[i].length
+        return join_input(cfg, np.asarray(st.codes(i)) if cfg.reads_codes else None,
+                          np.asarray(st.frames_window(i, 0, n), dtype=np.float32) if cfg.reads_frames else None)
     return [e.path for e in st.items], [e.duration for e in st.items], load
 
 

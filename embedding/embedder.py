@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from musetok.prior.builder import load_prior
-from musetok.prior.model import Prior
+from musetok.prior.model import Prior, join_input, split_input
 from musetok.shared.audio import to_mono_resampled
 from musetok.shared.errors import UserError
 from musetok.shared.hub import resolve_folder
@@ -81,7 +81,7 @@ class Embedder:
     def __init__(self, tokenizer: Tokenizer, prior: Prior, batch_size: int = 16):
         self.tokenizer, self.prior, self.batch_size = tokenizer.eval(), prior.eval(), batch_size
         self.fz = Featurizer(tokenizer.cfg)
-        self.frames = None if prior.cfg.discrete else frame_stacker(tokenizer)
+        self.frames = frame_stacker(tokenizer) if prior.cfg.reads_frames else None
         self.device = next(prior.parameters()).device
 
     @classmethod
@@ -104,44 +104,58 @@ class Embedder:
         return self.prior.layer_names
 
     # -- inputs ------------------------------------------------------------------------------------
-    def _from_features(self, blocks: Iterable[np.ndarray]) -> np.ndarray:
-        """Model-input blocks -> the prior's input: codes `(K, T)` or frames `(T, F)`."""
-        if self.frames is None:
-            return np.concatenate(list(self.tokenizer.encode_stream(blocks)), axis=1)
-        return self.frames(np.concatenate(list(blocks), axis=1))
+    def _from_features(self, blocks: Iterable[np.ndarray]):
+        """Model-input blocks -> the prior's input (`prior.cfg.input_kind`): codes `(K, T)`, frames `(T, F)`,
+        or the pair `(codes, frames)`."""
+        cfg = self.prior.cfg
+        blocks = list(blocks)
+        codes = np.concatenate(list(self.tokenizer.encode_stream(blocks)), axis=1) if cfg.reads_codes else None
+        frames = self.frames(np.concatenate(blocks, axis=1)) if cfg.reads_frames else None
+        return join_input(cfg, codes, frames)
 
-    def inputs_from_file(self, path: str | Path) -> np.ndarray:
+    def inputs_from_file(self, path: str | Path):
         return self._from_features(self.fz.iter_file(path))
 
-    def inputs_from_waveform(self, waveform: np.ndarray | torch.Tensor, sample_rate: int) -> np.ndarray:
+    def inputs_from_waveform(self, waveform: np.ndarray | torch.Tensor, sample_rate: int):
         wave = waveform.detach().cpu().numpy() if isinstance(waveform, torch.Tensor) else np.asarray(waveform)
         mono = to_mono_resampled(wave, sample_rate, self.tokenizer.sample_rate)
         return self._from_features([self.fz.array(mono)])
 
+    def _collate(self, inputs: list, group: list[tuple], t: int):
+        """Windows `(input, start, length, ...)` of prior inputs -> one padded model input of `t` frames."""
+        cfg = self.prior.cfg
+        codes = frames = None
+        for j, (i, s, n, _, _) in enumerate(group):
+            c, f = split_input(cfg, inputs[i])
+            if c is not None:
+                if codes is None:
+                    codes = torch.zeros(len(group), c.shape[0], t, dtype=torch.long)
+                codes[j, :, :n] = torch.from_numpy(np.asarray(c[:, s:s + n], dtype=np.int64))
+            if f is not None:
+                if frames is None:
+                    frames = torch.zeros(len(group), t, f.shape[1])
+                frames[j, :n] = torch.from_numpy(np.asarray(f[s:s + n], dtype=np.float32))
+        return join_input(cfg, *(None if v is None else v.to(self.device) for v in (codes, frames)))
+
     # -- the prior ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def embed_inputs(self, inputs: list[np.ndarray]) -> list[Embedding]:
-        """Prior inputs (codes `(K, T)` or frames `(T, F)`) -> one Embedding each."""
-        discrete, win = self.prior.cfg.discrete, self.prior.cfg.max_len
+    def embed_inputs(self, inputs: list) -> list[Embedding]:
+        """Prior inputs (codes `(K, T)`, frames `(T, F)` or both, as `prior.cfg.input_kind` says) -> one
+        Embedding each."""
+        win = self.prior.cfg.max_len
         jobs = []  # (input index, window start, window length, core start, core stop)
         for i, x in enumerate(inputs):
-            t = x.shape[1] if discrete else x.shape[0]
+            c, f = split_input(self.prior.cfg, x)
+            t = c.shape[1] if c is not None else f.shape[0]
             jobs += [(i, s, min(win, t), lo, hi) for s, lo, hi in windows(t, win)]
         outs: list[list[list[torch.Tensor]]] = [[] for _ in inputs]  # per input: cores of per-layer states
         for b0 in range(0, len(jobs), self.batch_size):
             group = jobs[b0:b0 + self.batch_size]
             t = max(n for _, _, n, _, _ in group)
-            if discrete:
-                x = torch.zeros(len(group), inputs[0].shape[0], t, dtype=torch.long)
-                for j, (i, s, n, _, _) in enumerate(group):
-                    x[j, :, :n] = torch.from_numpy(inputs[i][:, s:s + n].astype(np.int64))
-            else:
-                x = torch.zeros(len(group), t, inputs[0].shape[1])
-                for j, (i, s, n, _, _) in enumerate(group):
-                    x[j, :n] = torch.from_numpy(np.asarray(inputs[i][s:s + n], dtype=np.float32))
+            x = self._collate(inputs, group, t)
             lengths = torch.tensor([n for _, _, n, _, _ in group])
             valid = torch.arange(t)[None] < lengths[:, None]
-            states = self.prior(x.to(self.device), valid.to(self.device), output_hidden_states=True).hidden_states
+            states = self.prior(x, valid.to(self.device), output_hidden_states=True).hidden_states
             for j, (i, s, _, lo, hi) in enumerate(group):
                 outs[i].append([h[j, lo - s:hi - s].float().cpu() for h in states])
         return [Embedding([torch.cat([w[layer] for w in ws]) for layer in range(len(self.layer_names))],

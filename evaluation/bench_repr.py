@@ -3,8 +3,10 @@
 For each suite (the synthetic one always; the real-music dev kit when `--data` points at it):
 
 1. pretrain: the `small` tokenizer on the suite's pretraining audio, the token store (codes and mel
-   frames), the `small` prior (`mlm` over codes) and the continuous `masked_frames` control with the
-   same steps, batch, width, depth and context (checked, and stated in the table);
+   frames), and three `small` priors with the same steps, batch, width, depth and context (checked, and
+   stated in the table): codes -> codes (`mlm`, the Jukebox route), frames -> codes (`mlm` reading mel
+   frames and predicting the VQ codes: BEST-RQ / MusicFM's recipe) and frames -> frames (the continuous
+   `masked_frames` control);
 2. probe sets whose audio the tokenizer, its normaliser and the priors never saw (checked by path and
    by content hash: the benchmark refuses to run otherwise);
 3. rows, all pooled over time the same way (mean and standard deviation, `meanstd`): every prior per
@@ -51,6 +53,12 @@ from musetok.tokenizer.train import TokenizerRunConfig, train_tokenizer
 
 log = logging.getLogger("musetok")
 POOL = "meanstd"
+# The priors trained for the benchmark, all with the `small` config at equal compute: folder name ->
+# (objective, inputs). Their table rows are `ROWS[name]`.
+PRIORS = {"codes": ("mlm", "codes"), "frames_codes": ("mlm", "frames"), "frames": ("masked_frames", "frames")}
+ROWS = {"codes": "prior: codes -> codes (mlm)", "frames_codes": "prior: frames -> codes (mlm)",
+        "frames": "prior: frames -> frames (masked_frames)"}
+RANDOM_ROW = "random-weights prior (codes -> codes)"
 
 
 @dataclass(frozen=True)
@@ -177,19 +185,20 @@ def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bo
                     with_frames=True)
     times["tokenize"] = time.time() - t
     runs = {}
-    for objective in ("mlm", "masked_frames"):
+    for name, (objective, inputs) in PRIORS.items():
         t = time.time()
-        over = [f"model.objective={objective}", f"train.seed={seed}"]
+        over = [f"model.objective={objective}", f"model.inputs={inputs}", f"train.seed={seed}"]
         over += [f"train.steps={sizes.prior_steps}"] if sizes.prior_steps else []
-        runs[objective] = load_config(PriorRunConfig, "small", over, kind="prior")
-        if not (out / f"prior_{objective}" / "model.safetensors").exists():
-            train_prior(runs[objective], out / "store", out / f"prior_{objective}", progress=progress)
-        times[f"prior_{objective}"] = time.time() - t
-    a, b = runs["mlm"], runs["masked_frames"]
-    same = {k: getattr(a.model, k) for k in ("dim", "layers", "heads", "mlp", "max_len")}
-    same.update({k: getattr(a.train, k) for k in ("steps", "batch_size", "grad_accum")})
-    assert same == {**{k: getattr(b.model, k) for k in ("dim", "layers", "heads", "mlp", "max_len")},
-                    **{k: getattr(b.train, k) for k in ("steps", "batch_size", "grad_accum")}}
+        runs[name] = load_config(PriorRunConfig, "small", over, kind="prior")
+        if not (out / f"prior_{name}" / "model.safetensors").exists():
+            train_prior(runs[name], out / "store", out / f"prior_{name}", progress=progress)
+        times[f"prior_{name}"] = time.time() - t
+
+    def budget(r: PriorRunConfig) -> dict:
+        return {**{k: getattr(r.model, k) for k in ("dim", "layers", "heads", "mlp", "max_len")},
+                **{k: getattr(r.train, k) for k in ("steps", "batch_size", "grad_accum")}}
+    same = budget(runs["codes"])
+    assert all(budget(r) == same for r in runs.values()), "the priors must get equal compute"
     return {"tokenizer": to_dict(tok_run), "priors": {k: to_dict(v) for k, v in runs.items()}, "equal_compute": same}
 
 
@@ -205,24 +214,21 @@ def pooled(emb: Embedder, inputs: list[np.ndarray], batch: int = 32) -> np.ndarr
 def features(out: Path, paths: list[Path], seed: int, times: dict) -> tuple[dict[str, np.ndarray], list[str]]:
     """Every row of the table for these clips: name -> `(N, L, D)` (or `(N, D)`), plus the priors' layer names."""
     tok = load_tokenizer(out / "tokenizer")
-    mlm = Embedder.from_pretrained(out / "tokenizer", out / "prior_mlm")
-    frames = Embedder.from_pretrained(out / "tokenizer", out / "prior_masked_frames")
+    priors = {name: Embedder.from_pretrained(out / "tokenizer", out / f"prior_{name}") for name in PRIORS}
     torch.manual_seed(seed)
-    random_prior = Embedder(tok, build_prior_for_store(mlm.prior.cfg, TokenStore(out / "store")))
+    random_prior = Embedder(tok, build_prior_for_store(priors["codes"].prior.cfg, TokenStore(out / "store")))
     t = time.time()
-    codes = [mlm.inputs_from_file(p) for p in paths]
-    frame_inputs = [frames.inputs_from_file(p) for p in paths]
-    feats = {"musetok prior (mlm, codes)": pooled(mlm, codes),
-             "masked_frames prior (equal compute)": pooled(frames, frame_inputs),
-             "random-weights prior": pooled(random_prior, codes),
-             "bag of codes": np.stack([bag_of_codes(c, tok.codebook_size) for c in codes])}
+    inputs = {name: [emb.inputs_from_file(p) for p in paths] for name, emb in priors.items()}
+    feats = {ROWS[name]: pooled(emb, inputs[name]) for name, emb in priors.items()}
+    feats[RANDOM_ROW] = pooled(random_prior, inputs["codes"])
+    feats["bag of codes"] = np.stack([bag_of_codes(c, tok.codebook_size) for c in inputs["codes"]])
     times["embed"] = times.get("embed", 0.0) + time.time() - t
     t = time.time()
     hand = handcrafted_features(paths, tok.sample_rate)
     feats.update({"mfcc+delta mean/std": hand["mfcc"], "log-mel mean/std": hand["logmel"],
                   "chroma (CQT) mean/std": hand["chroma"]})
     times["baselines"] = times.get("baselines", 0.0) + time.time() - t
-    return feats, mlm.layer_names
+    return feats, priors["codes"].layer_names
 
 
 # -- probes ---------------------------------------------------------------------------------------------
@@ -329,7 +335,7 @@ def write_outputs(out: Path, cells: list[Cell], record: dict) -> Path:
     for suite in suites:
         pre = record["suites"][suite]
         lines += [f"## {suite}", "", f"Pretraining: {pre['pretrain_files']} files, {pre['pretrain_hours']:.2f} h; "
-                  f"probed: {pre['probe_files']} clips. Equal compute for both priors: "
+                  f"probed: {pre['probe_files']} clips. Equal compute for every prior: "
                   + ", ".join(f"{k} {v}" for k, v in pre["equal_compute"].items()) + ".", "",
                   format_table(cells, suite), ""]
         lines += [f"![{p.stem}]({p.name})" for p in sorted(out.glob(f"layers_{slug(suite)}_*.png"))] + [""]

@@ -41,7 +41,7 @@ def check_tokenizer(cfg: PriorConfig, meta: StoreMeta, where: str | Path) -> Non
     """Refuse codes or frames from a tokenizer other than the one the prior was trained on (given as the
     meta of a store it wrote, `tokenizer.store_meta()`), saying what differs."""
     pairs = [("tokenizer_id", cfg.tokenizer_id, meta.tokenizer_id), ("frame_rate", cfg.frame_rate, meta.frame_rate)]
-    if cfg.discrete:
+    if cfg.uses_codes:
         pairs += [("codebook_size", cfg.codebook_size, meta.codebook_size),
                   ("num_codebooks", cfg.num_codebooks, meta.num_codebooks)]
     for key, want, got in pairs:

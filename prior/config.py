@@ -1,4 +1,17 @@
-"""The prior's own config (what its checkpoint's config.json holds)."""
+"""The prior's own config (what its checkpoint's config.json holds).
+
+What the prior reads (`inputs`) and what it predicts (`targets`) are two independent choices; the four
+objectives are presets of them, and say whether the model is masked (bidirectional) or causal:
+
+    objective       masked/causal   inputs (default)   targets (default)
+    mlm             masked          codes              codes      BERT over codes (the Jukebox route)
+    ar              causal          codes              codes      GPT over codes
+    masked_frames   masked          frames             frames     Mockingjay / TERA (L1)
+    next_frames     causal          frames             frames     APC (L1)
+
+`model.inputs=frames` with code targets is the recipe of BEST-RQ, MusicFM and MuQ (continuous input,
+discrete targets), here with musetok's learned VQ-VAE codes as the targets; `codes+frames` sums both.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +22,15 @@ from musetok.shared.config import check
 
 DISCRETE = ("mlm", "ar")
 CONTINUOUS = ("masked_frames", "next_frames")
+INPUTS = ("codes", "frames", "codes+frames")
+TARGETS = ("codes", "frames")
 
 
 @dataclass
 class PriorConfig:
     objective: Literal["mlm", "ar", "masked_frames", "next_frames"] = "mlm"
+    inputs: Literal["", "codes", "frames", "codes+frames"] = ""    # "": the objective's own
+    targets: Literal["", "codes", "frames"] = ""                    # "": the objective's own
     dim: int = 256
     layers: int = 4
     heads: int = 4
@@ -47,5 +64,29 @@ class PriorConfig:
         return self.objective in ("ar", "next_frames")
 
     @property
-    def discrete(self) -> bool:
-        return self.objective in DISCRETE
+    def input_kind(self) -> str:
+        return self.inputs or ("codes" if self.objective in DISCRETE else "frames")
+
+    @property
+    def target_kind(self) -> str:
+        return self.targets or ("codes" if self.objective in DISCRETE else "frames")
+
+    @property
+    def reads_codes(self) -> bool:
+        return "codes" in self.input_kind
+
+    @property
+    def reads_frames(self) -> bool:
+        return "frames" in self.input_kind
+
+    @property
+    def predicts_codes(self) -> bool:
+        return self.target_kind == "codes"
+
+    @property
+    def uses_codes(self) -> bool:
+        return self.reads_codes or self.predicts_codes
+
+    @property
+    def uses_frames(self) -> bool:
+        return self.reads_frames or not self.predicts_codes

@@ -16,26 +16,33 @@ from musetok.shared.token_store import TokenStore
 
 @dataclass
 class Batch:
-    """x: codes `(B, K, T)` int64 or frames `(B, T, F)` float32; lengths `(B,)` valid frames;
-    seeds `(B,)` int64: each row's masking seed."""
+    """codes `(B, K, T)` int64 and/or frames `(B, T, F)` float32 (what the prior reads or predicts; the other
+    may be None); lengths `(B,)` valid frames; seeds `(B,)` int64: each row's masking seed."""
 
-    x: torch.Tensor
+    codes: torch.Tensor | None
+    frames: torch.Tensor | None
     lengths: torch.Tensor
     seeds: torch.Tensor
 
     def to(self, device) -> Batch:
-        return Batch(self.x.to(device, non_blocking=True), self.lengths.to(device), self.seeds)
+        return Batch(*(None if v is None else v.to(device, non_blocking=True) for v in (self.codes, self.frames)),
+                     self.lengths.to(device), self.seeds)
+
+    @property
+    def length(self) -> int:
+        """T, the padded length."""
+        return self.codes.shape[-1] if self.codes is not None else self.frames.shape[1]
 
 
 class WindowSource:
-    """Random windows of up to `max_len` frames from the given store items (codes or mel frames)."""
+    """Random windows of up to `max_len` frames from the given store items: their codes and/or mel frames."""
 
-    def __init__(self, store: TokenStore, items: list[int], max_len: int, frames: bool):
-        self.store, self.items, self.max_len, self.frames = store, items, max_len, frames
+    def __init__(self, store: TokenStore, items: list[int], max_len: int, codes: bool = True, frames: bool = False):
+        self.store, self.items, self.max_len, self.codes, self.frames = store, items, max_len, codes, frames
         self.lengths = np.array([store.items[i].length for i in items], dtype=np.int64)
         if frames and not store.has_frames:
-            raise UserError(f"{store.root}: continuous objectives need mel frames in the store "
-                             "(run `musetok tokenize --with-frames`)")
+            raise UserError(f"{store.root}: this prior reads or predicts mel frames; the store has none "
+                            "(run `musetok tokenize --with-frames`)")
 
     @property
     def frames_total(self) -> int:
@@ -51,14 +58,14 @@ class WindowSource:
         pick, lens, starts, seeds = pick[part], lens[part], starts[part], seeds[part]
         batch_size = len(pick)
         t = int(lens.max())
-        if self.frames:
-            x = np.zeros((batch_size, t, self.store.meta.frames_dim), np.float32)
-        else:
-            x = np.zeros((batch_size, self.store.meta.num_codebooks, t), np.int64)
+        codes = np.zeros((batch_size, self.store.meta.num_codebooks, t), np.int64) if self.codes else None
+        frames = np.zeros((batch_size, t, self.store.meta.frames_dim), np.float32) if self.frames else None
         for b, (j, n, start) in enumerate(zip(pick, lens, starts)):
             start = int(start)
-            if self.frames:
-                x[b, :n] = self.store.frames_window(self.items[j], start, n)
-            else:
-                x[b, :, :n] = self.store.window(self.items[j], start, n)
-        return Batch(torch.from_numpy(x), torch.from_numpy(lens), torch.from_numpy(seeds))
+            if frames is not None:
+                frames[b, :n] = self.store.frames_window(self.items[j], start, n)
+            if codes is not None:
+                codes[b, :, :n] = self.store.window(self.items[j], start, n)
+        return Batch(None if codes is None else torch.from_numpy(codes),
+                     None if frames is None else torch.from_numpy(frames), torch.from_numpy(lens),
+                     torch.from_numpy(seeds))

@@ -113,21 +113,38 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
+def split_input(cfg: PriorConfig, x) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A prior input (as `cfg.input_kind` says) -> (codes or None, frames or None)."""
+    if cfg.input_kind == "codes":
+        return x, None
+    if cfg.input_kind == "frames":
+        return None, x
+    return x
+
+
+def join_input(cfg: PriorConfig, codes: torch.Tensor | None, frames: torch.Tensor | None):
+    """The inverse of `split_input`."""
+    return {"codes": codes, "frames": frames}.get(cfg.input_kind, (codes, frames))
+
+
 class Prior(nn.Module):
     def __init__(self, cfg: PriorConfig):
         super().__init__()
         self.cfg = cfg
-        if cfg.discrete:
-            if cfg.codebook_size < 2:
-                raise ValueError("PriorConfig.codebook_size must be set (from the token store)")
-            # one extra row per table: the [MASK] code
+        if cfg.uses_codes and cfg.codebook_size < 2:
+            raise ValueError("PriorConfig.codebook_size must be set (from the token store)")
+        if cfg.uses_frames and cfg.frame_dim < 1:
+            raise ValueError("PriorConfig.frame_dim must be set (from the token store's frames)")
+        if cfg.reads_codes:  # one extra row per table: the [MASK] code
             self.embed = nn.ModuleList(nn.Embedding(cfg.codebook_size + 1, cfg.dim)
                                        for _ in range(cfg.num_codebooks))
-            self.head_bias = nn.Parameter(torch.zeros(cfg.num_codebooks, cfg.codebook_size))
-        else:
-            if cfg.frame_dim < 1:
-                raise ValueError("PriorConfig.frame_dim must be set (from the token store's frames)")
+        if cfg.reads_frames:
             self.proj_in = nn.Linear(cfg.frame_dim, cfg.dim)
+        if cfg.predicts_codes:
+            self.head_bias = nn.Parameter(torch.zeros(cfg.num_codebooks, cfg.codebook_size))
+            if not cfg.reads_codes:  # nothing to tie to: output code embeddings of their own
+                self.code_out = nn.Parameter(torch.randn(cfg.num_codebooks, cfg.codebook_size, cfg.dim) * 0.02)
+        else:
             self.head = nn.Linear(cfg.dim, cfg.frame_dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
@@ -158,15 +175,21 @@ class Prior(nn.Module):
     def layer_names(self) -> list[str]:
         return ["input"] + [f"layer{i + 1}" for i in range(self.cfg.layers)]
 
-    def embed_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        """codes `(B, K, T)` long or frames `(B, T, F)` float -> `(B, T, D)`."""
-        if self.cfg.discrete:
-            return sum(emb(x[:, k]) for k, emb in enumerate(self.embed))
-        return self.proj_in(x)
+    def embed_inputs(self, x) -> torch.Tensor:
+        """The input as `cfg.input_kind` says: codes `(B, K, T)` long, frames `(B, T, F)` float, or the pair
+        `(codes, frames)` -> `(B, T, D)` (code embeddings and projected frames are summed)."""
+        codes, frames = split_input(self.cfg, x)
+        h = None
+        if codes is not None:
+            h = sum(emb(codes[:, k]) for k, emb in enumerate(self.embed))
+        if frames is not None:
+            h = self.proj_in(frames) if h is None else h + self.proj_in(frames)
+        return h
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, output_hidden_states: bool = False,
+    def forward(self, x, valid: torch.Tensor | None = None, output_hidden_states: bool = False,
                 keep: torch.Tensor | None = None) -> PriorOutput:
-        """x: codes `(B, K, T)` or frames `(B, T, F)`, T <= max_len; valid: `(B, T)` bool, False on padding.
+        """x: codes `(B, K, T)`, frames `(B, T, F)` or `(codes, frames)`, as `cfg.input_kind` says, T <= max_len;
+        valid: `(B, T)` bool, False on padding.
 
         keep: `(B, T)` bool. When only some positions are scored (masked objectives), the last block's
         MLP runs on those alone (~12% less matmul work at a 30% mask rate) and `hidden` is `(N, D)`
@@ -194,8 +217,12 @@ class Prior(nn.Module):
         return PriorOutput(h, states)
 
     def code_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Normalised states `(..., D)` -> logits `(..., K, V)`, tied to the code embeddings."""
-        w = torch.stack([emb.weight[: self.cfg.codebook_size] for emb in self.embed])  # (K, V, D)
+        """Normalised states `(..., D)` -> logits `(..., K, V)`, tied to the code embeddings when the prior
+        reads codes, its own output embeddings otherwise."""
+        if self.cfg.reads_codes:
+            w = torch.stack([emb.weight[: self.cfg.codebook_size] for emb in self.embed])  # (K, V, D)
+        else:
+            w = self.code_out
         return torch.einsum("...d,kvd->...kv", h, w) + self.head_bias
 
     def frame_prediction(self, h: torch.Tensor) -> torch.Tensor:

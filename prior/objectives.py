@@ -1,9 +1,10 @@
-"""The four training objectives on one backbone. Each returns the loss and what to log.
+"""The training objectives on one backbone. Each returns the loss and what to log.
 
-- `mlm` (BERT): span-masked codes, 80/10/10 corruption, cross-entropy on masked frames only.
-- `ar` (GPT): next-code cross-entropy with a causal model.
-- `masked_frames` (Mockingjay/TERA): span-masked normalised mel frames, L1 on masked frames only.
-- `next_frames` (APC): L1 prediction of the frame `predict_ahead` steps later, causal model.
+Masked (`mlm`, `masked_frames`): spans of the input are corrupted and only they are scored. Causal (`ar`,
+`next_frames`): the target `shift` frames ahead is predicted from the past. What the prior reads and what
+it predicts are `cfg.input_kind` / `cfg.target_kind` (see `prior/config.py`):
+- code targets: cross-entropy over every codebook (one head each);
+- frame targets: L1 on normalised mel frames (Mockingjay/TERA, APC with `predict_ahead`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 from musetok.prior.data import Batch
 from musetok.prior.masking import corrupt_codes, corrupt_frames, row_generators, span_mask
-from musetok.prior.model import Prior
+from musetok.prior.model import Prior, join_input
 from musetok.shared.io import unwrap
 
 
@@ -34,35 +35,33 @@ def _valid(lengths: torch.Tensor, t: int) -> torch.Tensor:
 
 
 def compute_loss(model: Prior, batch: Batch) -> LossOutput:
-    """`model` may be wrapped (DDP, compile); its config is read from the unwrapped module."""
+    """`model` may be wrapped (DDP, compile); its config is read from the unwrapped module. Masked objectives
+    corrupt what the prior reads (codes: 80/10/10 with [MASK]; frames: 80/10/10 with zeros) and score the
+    masked frames only; causal ones predict the target `shift` frames ahead from the past."""
     cfg = unwrap(model).cfg
-    x, lengths = batch.x, batch.lengths
-    dev = x.device
-    if cfg.objective in ("mlm", "masked_frames"):
-        t = x.shape[-1] if cfg.discrete else x.shape[1]
+    codes, frames, lengths = batch.codes, batch.frames, batch.lengths
+    t = batch.length
+    if not cfg.causal:
         valid = _valid(lengths, t)
         gens = row_generators(batch.seeds)
         mask = span_mask(lengths.cpu(), t, cfg.mask_rate, cfg.mask_span, gens)
-        if cfg.discrete:
-            inp = corrupt_codes(x.cpu(), mask, cfg.codebook_size, cfg.codebook_size, gens).to(dev)
-        else:
-            inp = corrupt_frames(x.cpu(), mask, lengths.cpu(), gens).to(dev)
-        mask = mask.to(dev)
-        h = model(inp, valid, keep=mask).hidden  # (N, D): only masked frames are predicted
-        if cfg.discrete:
-            return _code_loss(model, h, x.permute(0, 2, 1)[mask])
-        return LossOutput(F.l1_loss(unwrap(model).frame_prediction(h), x[mask]), int(mask.sum()))
+        c_in = corrupt_codes(codes.cpu(), mask, cfg.codebook_size, cfg.codebook_size, gens).to(codes.device) \
+            if cfg.reads_codes else None
+        f_in = corrupt_frames(frames.cpu(), mask, lengths.cpu(), gens).to(frames.device) if cfg.reads_frames else None
+        mask = mask.to(lengths.device)
+        h = model(join_input(cfg, c_in, f_in), valid, keep=mask).hidden  # (N, D): only masked frames are predicted
+        if cfg.predicts_codes:
+            return _code_loss(model, h, codes.permute(0, 2, 1)[mask])
+        return LossOutput(F.l1_loss(unwrap(model).frame_prediction(h), frames[mask]), int(mask.sum()))
 
-    # causal objectives: predict `shift` frames ahead from the past
-    shift = 1 if cfg.discrete else cfg.predict_ahead
-    if cfg.discrete:
-        inp, target = x[:, :, :-shift], x[:, :, shift:].permute(0, 2, 1)  # (B, K, T'), (B, T', K)
-    else:
-        inp, target = x[:, :-shift], x[:, shift:]
+    shift = 1 if cfg.predicts_codes else cfg.predict_ahead
+    c_in = codes[:, :, :-shift] if cfg.reads_codes else None                       # (B, K, T')
+    f_in = frames[:, :-shift] if cfg.reads_frames else None                        # (B, T', F)
+    target = codes[:, :, shift:].permute(0, 2, 1) if cfg.predicts_codes else frames[:, shift:]  # (B, T', K|F)
     valid = _valid(lengths - shift, target.shape[1])
-    h = model(inp, valid, keep=valid if not bool(valid.all()) else None).hidden
+    h = model(join_input(cfg, c_in, f_in), valid, keep=valid if not bool(valid.all()) else None).hidden
     h = h if h.dim() == 2 else h.reshape(-1, h.shape[-1])  # (N, D), in valid order
-    if cfg.discrete:
+    if cfg.predicts_codes:
         return _code_loss(model, h, target[valid])
     return LossOutput(F.l1_loss(unwrap(model).frame_prediction(h), target[valid]), int(valid.sum()))
 

@@ -82,11 +82,12 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
     paths = [e.path for e in store.items]
     train_paths, valid_paths = training.split_files(paths, tc.valid_fraction, tc.seed, "pretrain")
     pos = {p: i for i, p in enumerate(paths)}
-    train_src = WindowSource(store, [pos[p] for p in train_paths], mc.max_len, frames=not mc.discrete)
-    valid_src = WindowSource(store, [pos[p] for p in valid_paths], mc.max_len, frames=not mc.discrete)
+    train_src = WindowSource(store, [pos[p] for p in train_paths], mc.max_len, mc.uses_codes, mc.uses_frames)
+    valid_src = WindowSource(store, [pos[p] for p in valid_paths], mc.max_len, mc.uses_codes, mc.uses_frames)
     if d.is_main:
-        log.info("prior data: %d train files (%d frames), %d valid files; objective %s%s",
-                 len(train_paths), train_src.frames_total, len(valid_paths), mc.objective,
+        log.info("prior data: %d train files (%d frames), %d valid files; objective %s (%s -> %s)%s",
+                 len(train_paths), train_src.frames_total, len(valid_paths), mc.objective, mc.input_kind,
+                 mc.target_kind,
                  f"; {d.world} processes" if d.enabled else "")
 
     # -- model, optimizer, state -------------------------------------------------------------------
@@ -102,7 +103,7 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
         return training.StepOutput(o.loss, o.targets, o)
 
     def train_metrics(outs: list[training.StepOutput]) -> dict:
-        if not mc.discrete:
+        if not mc.predicts_codes:
             return {}
         return {"accuracy": sum(o.info.correct for o in outs) / max(sum(o.scored for o in outs) * mc.num_codebooks, 1)}
 
@@ -118,8 +119,9 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                 correct += o.correct
         model.train()
         loss = total / max(n, 1)
-        last_valid.update(loss=loss, accuracy=correct / max(n * mc.num_codebooks, 1) if mc.discrete else None)
-        if not mc.discrete:
+        accuracy = correct / max(n * mc.num_codebooks, 1) if mc.predicts_codes else None
+        last_valid.update(loss=loss, accuracy=accuracy)
+        if not mc.predicts_codes:
             return {"valid_loss": loss}
         return {"valid_loss": loss, "valid_accuracy": last_valid["accuracy"],
                 "valid_perplexity": math.exp(min(loss, 50))}
@@ -136,7 +138,7 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
     plot_curves(out / "training_curve.png", training.read_metrics(out / training.METRICS_FILE),
                 ["loss", "valid_loss"], f"prior ({mc.objective})")
     loss = last_valid["loss"]
-    metrics_txt = f"loss {loss:.4f}" + (f", accuracy {last_valid['accuracy']:.3f}" if mc.discrete else "")
+    metrics_txt = f"loss {loss:.4f}" + (f", accuracy {last_valid['accuracy']:.3f}" if mc.predicts_codes else "")
     write_model_card(out, f"musetok prior ({mc.objective})",
                      f"A transformer prior ({mc.layers} layers x {mc.dim}, context {mc.max_len} frames) trained "
                      f"with musetok's `{mc.objective}` objective on the token store of tokenizer {mc.tokenizer_id}. "
@@ -149,4 +151,5 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                      'from musetok.embedding import Embedder\n\n'
                      f'emb = Embedder.from_pretrained("TOKENIZER_FOLDER", "{out.name}")')
     distributed.shutdown(d)
-    return PriorTrainResult(out, step, loss, last_valid["accuracy"], math.exp(min(loss, 50)) if mc.discrete else None)
+    return PriorTrainResult(out, step, loss, last_valid["accuracy"],
+                            math.exp(min(loss, 50)) if mc.predicts_codes else None)

@@ -79,15 +79,17 @@ def store(tmp_path_factory, trained_tokenizer):
 
 @pytest.fixture(scope="session")
 def prior_dirs(tmp_path_factory, store):
-    """Tiny priors (20 steps, context 32 frames) for objectives mlm, masked_frames and ar."""
+    """Tiny priors (20 steps, context 32 frames): objectives mlm, masked_frames and ar, and frames_codes
+    (mlm reading mel frames, predicting codes)."""
     from musetok.prior.train import PriorRunConfig, train_prior
     from musetok.shared.config import load_config
 
     root = tmp_path_factory.mktemp("priors")
     out = {}
-    for objective in ("mlm", "masked_frames", "ar"):
-        run = load_config(PriorRunConfig, None, TINY_PRIOR + [f"model.objective={objective}", "train.steps=20",
-                                                              "model.max_len=32"])
-        train_prior(run, store, root / objective, progress=False)
-        out[objective] = root / objective
+    for name, objective, inputs in (("mlm", "mlm", ""), ("masked_frames", "masked_frames", ""), ("ar", "ar", ""),
+                                    ("frames_codes", "mlm", "frames")):
+        over = [f"model.objective={objective}", "train.steps=20", "model.max_len=32"]
+        run = load_config(PriorRunConfig, None, TINY_PRIOR + over + ([f"model.inputs={inputs}"] if inputs else []))
+        train_prior(run, store, root / name, progress=False)
+        out[name] = root / name
     return out

@@ -26,8 +26,9 @@ def test_quick_bench_writes_the_table_with_mean_and_std(bench):
     rows = list(csv.DictReader(open(bench / "bench.csv")))
     cells = {(c["task"], c["features"]): c for c in json.loads((bench / "bench.json").read_text())["cells"]}
     tasks = ["instrument", "pitch", "instrument (unseen program)", "key", "tempo", "melody instrument"]
-    features = ["musetok prior (mlm, codes)", "masked_frames prior (equal compute)", "random-weights prior",
-                "bag of codes", "mfcc+delta mean/std", "log-mel mean/std", "chroma (CQT) mean/std"]
+    features = ["prior: codes -> codes (mlm)", "prior: frames -> codes (mlm)",
+                "prior: frames -> frames (masked_frames)", "random-weights prior (codes -> codes)", "bag of codes",
+                "mfcc+delta mean/std", "log-mel mean/std", "chroma (CQT) mean/std"]
     assert {r["task"] for r in rows} == set(tasks) and {r["features"] for r in rows} == set(features)
     for t in tasks:
         for f in features:
@@ -41,9 +42,9 @@ def test_quick_bench_writes_the_table_with_mean_and_std(bench):
             line = next(ln for ln in md.splitlines() if ln.startswith(f"| {f} |"))
             assert f"{c['mean']:.3f} ± {c['std']:.3f}" in line
     # multi-layer rows report the layer chosen on validation; the per-layer plots exist
-    prior_line = next(ln for ln in md.splitlines() if ln.startswith("| musetok prior"))
+    prior_line = next(ln for ln in md.splitlines() if ln.startswith("| prior: frames -> codes"))
     assert len(re.findall(r"\[(input|layer\d)\]", prior_line)) == len(tasks)
-    assert "meanstd" in md and "Equal compute for both priors" in md and "steps 20" in md
+    assert "meanstd" in md and "Equal compute for every prior" in md and "steps 20" in md
     assert (bench / "layers_synthetic_pitch.png").is_file()
 
 

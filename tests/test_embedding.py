@@ -46,7 +46,7 @@ def test_long_clip_frames_see_context_across_window_edges(trained_tokenizer, pri
     assert compared >= 2
 
 
-@pytest.mark.parametrize("objective", ["mlm", "masked_frames"])
+@pytest.mark.parametrize("objective", ["mlm", "masked_frames", "frames_codes"])
 def test_embeddings_invariant_to_batch_and_padding(trained_tokenizer, prior_dirs, objective):
     emb = Embedder.from_pretrained(trained_tokenizer, prior_dirs[objective], batch_size=16)
     clips = [emb.inputs_from_waveform(tone(s, f), 16000) for s, f in [(0.4, 200.0), (3.1, 330.0), (1.3, 262.0)]]
@@ -58,7 +58,7 @@ def test_embeddings_invariant_to_batch_and_padding(trained_tokenizer, prior_dirs
         for la, lb in zip(a.layers, b.layers):
             torch.testing.assert_close(la, lb, atol=1e-4, rtol=1e-4)
     # the 3.1 s clip (~100 frames) is longer than max_len=32: windows cover every frame once
-    assert together[1].num_frames == clips[1].shape[-1 if objective == "mlm" else 0]
+    assert together[1].num_frames == (clips[1].shape[-1] if objective == "mlm" else clips[1].shape[0])
 
 
 def test_pooling():
@@ -108,7 +108,7 @@ def test_mismatched_tokenizer_refused(tmp_path, corpus, prior_dirs):
         Embedder.from_pretrained(other, prior_dirs["mlm"])
 
 
-@pytest.mark.parametrize("objective", ["mlm", "masked_frames"])
+@pytest.mark.parametrize("objective", ["mlm", "masked_frames", "frames_codes"])
 def test_embed_store_equals_embed_audio(tmp_path, trained_tokenizer, prior_dirs, store, objective):
     emb = Embedder.from_pretrained(trained_tokenizer, prior_dirs[objective])
     a = embed_corpus(emb, tmp_path / "a", audio=store.parent / "audio", progress=False)
