@@ -121,7 +121,7 @@ def cmd_bench_repr(a: argparse.Namespace) -> int:
 
     command = "musetok " + " ".join(a.argv)
     report, _ = bench_repr(a.out, data=a.data, quick=a.quick, seed=a.seed, probes=tuple(a.probes.split(",")),
-                           progress=not a.quiet, command=command.strip())
+                           progress=not a.quiet, command=command.strip(), prior_overrides=a.overrides)
     print("\n" + report.read_text())
     print(f"table, plots and the run record are in {a.out} (report: {report})")
     return 0
@@ -251,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="the real-music dev kit folder (with music/ and notes/) for the real-music suite")
     s.add_argument("--quick", action="store_true", help="a ~2-minute smoke version (tiny sizes)")
     s.add_argument("--probes", default="linear", help="linear and/or mlp (default linear)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a prior setting applied to every prior alike, e.g. model.mask_span=17 (repeatable)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_bench_repr)

@@ -172,7 +172,8 @@ def read_rows(labels: Path) -> list[dict]:
 
 
 # -- pretraining ----------------------------------------------------------------------------------------
-def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bool, times: dict) -> dict:
+def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bool, times: dict,
+             prior_overrides: list[str] = ()) -> dict:
     """Tokenizer, store and the two priors at equal compute; returns their folders and run configs."""
     t = time.time()
     tok_over = [f"train.seed={seed}"] + ([f"train.steps={sizes.tokenizer_steps}"] if sizes.tokenizer_steps else [])
@@ -189,7 +190,7 @@ def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bo
         t = time.time()
         over = [f"model.objective={objective}", f"model.inputs={inputs}", f"train.seed={seed}"]
         over += [f"train.steps={sizes.prior_steps}"] if sizes.prior_steps else []
-        runs[name] = load_config(PriorRunConfig, "small", over, kind="prior")
+        runs[name] = load_config(PriorRunConfig, "small", over + list(prior_overrides), kind="prior")
         if not (out / f"prior_{name}" / "model.safetensors").exists():
             train_prior(runs[name], out / "store", out / f"prior_{name}", progress=progress)
         times[f"prior_{name}"] = time.time() - t
@@ -349,9 +350,10 @@ def write_outputs(out: Path, cells: list[Cell], record: dict) -> Path:
 
 def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = False, sizes: BenchSizes | None = None,
                seed: int = 0, probes: tuple[str, ...] = ("linear",), progress: bool = True,
-               command: str = "musetok bench-repr") -> tuple[Path, list[Cell]]:
+               command: str = "musetok bench-repr", prior_overrides: list[str] = ()) -> tuple[Path, list[Cell]]:
     """Run the benchmark into `out` (see the module doc); `data`: the dev kit folder (music/ and notes/) for the
-    real-music suite. Returns the path of bench.md and every cell."""
+    real-music suite; `prior_overrides`: `key=value` settings applied to every prior alike (a lever to measure,
+    e.g. `model.mask_span=17`). Returns the path of bench.md and every cell."""
     t0 = time.time()
     out = Path(out)
     sizes = sizes or (QUICK if quick else FULL)
@@ -361,7 +363,8 @@ def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = Fa
     cells: list[Cell] = []
     record = {"command": command, "seed": seed, "splits": sizes.splits,
               "split_seeds": [seed + s for s in range(sizes.splits)], "probes": list(probes), "pool": POOL,
-              "sizes": asdict(sizes), "threads": torch.get_num_threads(), "suites": {}}
+              "sizes": asdict(sizes), "prior_overrides": list(prior_overrides), "threads": torch.get_num_threads(),
+              "suites": {}}
     checked = []  # every suite is checked before anything is trained
     for suite in suites:
         corpus = list_audio(suite.pretrain)
@@ -375,7 +378,7 @@ def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = Fa
         work = out / slug(suite.name.split(" ")[0])
         work.mkdir(parents=True, exist_ok=True)
         times: dict[str, float] = {}
-        configs = pretrain(suite, work, sizes, seed, progress, times)
+        configs = pretrain(suite, work, sizes, seed, progress, times, prior_overrides)
         store = TokenStore(work / "store")
         feats = {ps.name: features(work, probe_files[ps.name], seed, times) for ps in suite.probe_sets}
         t = time.time()

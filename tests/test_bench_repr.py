@@ -17,7 +17,7 @@ from tests.conftest import tone, write
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "repr"
-    assert main(["bench-repr", "--quick", "--out", str(out), "--quiet"]) == 0
+    assert main(["bench-repr", "--quick", "--out", str(out), "--quiet", "--set", "model.mask_span=3"]) == 0
     return out
 
 
@@ -46,6 +46,16 @@ def test_quick_bench_writes_the_table_with_mean_and_std(bench):
     assert len(re.findall(r"\[(input|layer\d)\]", prior_line)) == len(tasks)
     assert "meanstd" in md and "Equal compute for every prior" in md and "steps 20" in md
     assert (bench / "layers_synthetic_pitch.png").is_file()
+
+
+def test_prior_settings_apply_to_every_prior_alike(bench):
+    record = json.loads((bench / "bench.json").read_text())
+    assert record["prior_overrides"] == ["model.mask_span=3"]
+    priors = record["suites"]["synthetic"]["configs"]["priors"]
+    assert set(priors) == {"codes", "frames_codes", "frames"}
+    assert {p["model"]["mask_span"] for p in priors.values()} == {3}
+    assert {(p["model"]["objective"], p["model"]["inputs"]) for p in priors.values()} == {
+        ("mlm", "codes"), ("mlm", "frames"), ("masked_frames", "frames")}
 
 
 def test_layers_are_chosen_on_validation_log_loss_not_order(bench):
