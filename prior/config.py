@@ -20,10 +20,7 @@ from typing import Literal
 
 from musetok.shared.config import check
 
-DISCRETE = ("mlm", "ar")
-CONTINUOUS = ("masked_frames", "next_frames")
-INPUTS = ("codes", "frames", "codes+frames")
-TARGETS = ("codes", "frames")
+DISCRETE = ("mlm", "ar")  # the objectives whose default inputs and targets are codes
 
 
 @dataclass
