@@ -121,7 +121,9 @@ def cmd_bench_repr(a: argparse.Namespace) -> int:
 
     command = "musetok " + " ".join(a.argv)
     report, _ = bench_repr(a.out, data=a.data, quick=a.quick, seed=a.seed, probes=tuple(a.probes.split(",")),
-                           progress=not a.quiet, command=command.strip(), prior_overrides=a.overrides)
+                           progress=not a.quiet, command=command.strip(), prior_overrides=a.overrides,
+                           priors=tuple(p for p in a.priors.split(",") if p),
+                           tokenizer_overrides=a.tokenizer_overrides)
     print("\n" + report.read_text())
     print(f"table, plots and the run record are in {a.out} (report: {report})")
     return 0
@@ -253,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--probes", default="linear", help="linear and/or mlp (default linear)")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a prior setting applied to every prior alike, e.g. model.mask_span=17 (repeatable)")
+    s.add_argument("--tokenizer-set", dest="tokenizer_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a tokenizer setting, e.g. model.num_codebooks=4 (repeatable)")
+    s.add_argument("--priors", default="codes,frames_codes,frames_random,frames",
+                   help="which priors to train, of codes, frames_codes, frames_random, frames_codes_aux, frames "
+                        "(codes and frames always are)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_bench_repr)

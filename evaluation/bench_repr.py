@@ -53,12 +53,21 @@ from musetok.tokenizer.train import TokenizerRunConfig, train_tokenizer
 
 log = logging.getLogger("musetok")
 POOL = "meanstd"
-# The priors trained for the benchmark, all with the `small` config at equal compute: folder name ->
-# (objective, inputs). Their table rows are `ROWS[name]`.
-PRIORS = {"codes": ("mlm", "codes"), "frames_codes": ("mlm", "frames"), "frames": ("masked_frames", "frames")}
-ROWS = {"codes": "prior: codes -> codes (mlm)", "frames_codes": "prior: frames -> codes (mlm)",
-        "frames": "prior: frames -> frames (masked_frames)"}
+# The priors the benchmark can train, all with the `small` config at equal compute: name -> (settings, row).
+# `codes` (the Jukebox route) and `frames` (the continuous control) are always trained.
+PRIORS = {
+    "codes": (["model.objective=mlm", "model.inputs=codes"], "prior: codes -> codes (mlm)"),
+    "frames_codes": (["model.objective=mlm", "model.inputs=frames"], "prior: frames -> codes (mlm)"),
+    "frames_random": (["model.objective=mlm", "model.inputs=frames", "model.targets=random"],
+                      "prior: frames -> random-projection codes (BEST-RQ)"),
+    "frames_codes_aux": (["model.objective=mlm", "model.inputs=frames", "model.aux_frames=1.0"],
+                         "prior: frames -> codes + frames (mlm, MERT-style)"),
+    "frames": (["model.objective=masked_frames", "model.inputs=frames"], "prior: frames -> frames (masked_frames)"),
+}
+DEFAULT_PRIORS = ("codes", "frames_codes", "frames_random", "frames")
 RANDOM_ROW = "random-weights prior (codes -> codes)"
+# Clip embeddings from several layers, offered to the probe beside each single layer (HEAR-style).
+COMBINED = ("mean of layers", "concat of layers")
 
 
 @dataclass(frozen=True)
@@ -173,11 +182,12 @@ def read_rows(labels: Path) -> list[dict]:
 
 # -- pretraining ----------------------------------------------------------------------------------------
 def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bool, times: dict,
-             prior_overrides: list[str] = ()) -> dict:
+             prior_overrides: list[str] = (), priors: tuple[str, ...] = DEFAULT_PRIORS,
+             tokenizer_overrides: list[str] = ()) -> dict:
     """Tokenizer, store and the two priors at equal compute; returns their folders and run configs."""
     t = time.time()
     tok_over = [f"train.seed={seed}"] + ([f"train.steps={sizes.tokenizer_steps}"] if sizes.tokenizer_steps else [])
-    tok_run = load_config(TokenizerRunConfig, "small", tok_over, kind="tokenizer")
+    tok_run = load_config(TokenizerRunConfig, "small", tok_over + list(tokenizer_overrides), kind="tokenizer")
     if not (out / "tokenizer" / "model.safetensors").exists():
         train_tokenizer(tok_run, suite.pretrain, out / "tokenizer", progress=progress)
     times["tokenizer"] = time.time() - t
@@ -186,9 +196,9 @@ def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bo
                     with_frames=True)
     times["tokenize"] = time.time() - t
     runs = {}
-    for name, (objective, inputs) in PRIORS.items():
+    for name in priors:
         t = time.time()
-        over = [f"model.objective={objective}", f"model.inputs={inputs}", f"train.seed={seed}"]
+        over = PRIORS[name][0] + [f"train.seed={seed}"]
         over += [f"train.steps={sizes.prior_steps}"] if sizes.prior_steps else []
         runs[name] = load_config(PriorRunConfig, "small", over + list(prior_overrides), kind="prior")
         if not (out / f"prior_{name}" / "model.safetensors").exists():
@@ -204,23 +214,29 @@ def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bo
 
 
 # -- features -------------------------------------------------------------------------------------------
-def pooled(emb: Embedder, inputs: list[np.ndarray], batch: int = 32) -> np.ndarray:
-    """Prior inputs -> `(N, L, 2D)` mean/std-pooled states of every layer."""
+def pooled(emb: Embedder, inputs: list[np.ndarray], batch: int = 32) -> list[np.ndarray]:
+    """Prior inputs -> the mean/std-pooled states of every layer, `(N, 2D)` each, then of the `COMBINED`
+    layers: their frame-wise mean `(N, 2D)` and their concatenation `(N, 2LD)`."""
     out = []
     for i in range(0, len(inputs), batch):
-        out += [e.pooled(POOL).numpy() for e in emb.embed_inputs(inputs[i:i + batch])]
-    return np.stack(out).astype(np.float32)
+        for e in emb.embed_inputs(inputs[i:i + batch]):
+            per_layer = e.pooled(POOL)  # (L, 2D)
+            mean = e.stacked().mean(1)  # (T, D)
+            out.append([*per_layer, torch.cat([mean.mean(0), mean.std(0, unbiased=False)]), per_layer.flatten()])
+    return [np.stack([o[j].numpy() for o in out]).astype(np.float32) for j in range(len(out[0]))]
 
 
-def features(out: Path, paths: list[Path], seed: int, times: dict) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Every row of the table for these clips: name -> `(N, L, D)` (or `(N, D)`), plus the priors' layer names."""
+def features(out: Path, paths: list[Path], seed: int, times: dict, priors: tuple[str, ...] = DEFAULT_PRIORS
+             ) -> tuple[dict[str, np.ndarray | list[np.ndarray]], list[str]]:
+    """Every row of the table for these clips: name -> `(N, D)`, or for the priors a list of `(N, D_i)`
+    candidates (each layer, then `COMBINED`); plus the priors' candidate names."""
     tok = load_tokenizer(out / "tokenizer")
-    priors = {name: Embedder.from_pretrained(out / "tokenizer", out / f"prior_{name}") for name in PRIORS}
+    embs = {name: Embedder.from_pretrained(out / "tokenizer", out / f"prior_{name}") for name in priors}
     torch.manual_seed(seed)
-    random_prior = Embedder(tok, build_prior_for_store(priors["codes"].prior.cfg, TokenStore(out / "store")))
+    random_prior = Embedder(tok, build_prior_for_store(embs["codes"].prior.cfg, TokenStore(out / "store")))
     t = time.time()
-    inputs = {name: [emb.inputs_from_file(p) for p in paths] for name, emb in priors.items()}
-    feats = {ROWS[name]: pooled(emb, inputs[name]) for name, emb in priors.items()}
+    inputs = {name: [emb.inputs_from_file(p) for p in paths] for name, emb in embs.items()}
+    feats = {PRIORS[name][1]: pooled(emb, inputs[name]) for name, emb in embs.items()}
     feats[RANDOM_ROW] = pooled(random_prior, inputs["codes"])
     feats["bag of codes"] = np.stack([bag_of_codes(c, tok.codebook_size) for c in inputs["codes"]])
     times["embed"] = times.get("embed", 0.0) + time.time() - t
@@ -229,7 +245,7 @@ def features(out: Path, paths: list[Path], seed: int, times: dict) -> tuple[dict
     feats.update({"mfcc+delta mean/std": hand["mfcc"], "log-mel mean/std": hand["logmel"],
                   "chroma (CQT) mean/std": hand["chroma"]})
     times["baselines"] = times.get("baselines", 0.0) + time.time() - t
-    return feats, priors["codes"].layer_names
+    return feats, embs["codes"].layer_names + list(COMBINED)
 
 
 # -- probes ---------------------------------------------------------------------------------------------
@@ -272,7 +288,7 @@ def probe_suite(suite: Suite, feats_by_set: dict[str, tuple[dict, list[str]]], s
                             groups=np.array([r[task.group] for r in rows]))
             splits = [make_split(labels, seed=seed + s) for s in range(sizes.splits)]
             for name, x in feats.items():
-                names = layer_names if x.ndim == 3 else [name]
+                names = layer_names if isinstance(x, list) else [name]
                 cell = Cell(suite.name, task.name, name, PRIMARY[task.kind], [], [], [], [], names)
                 for split in splits:
                     r = probe_layers(x, names, labels, split, name, task.name, probes, seed, jobs=2)
@@ -350,10 +366,17 @@ def write_outputs(out: Path, cells: list[Cell], record: dict) -> Path:
 
 def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = False, sizes: BenchSizes | None = None,
                seed: int = 0, probes: tuple[str, ...] = ("linear",), progress: bool = True,
-               command: str = "musetok bench-repr", prior_overrides: list[str] = ()) -> tuple[Path, list[Cell]]:
+               command: str = "musetok bench-repr", prior_overrides: list[str] = (),
+               priors: tuple[str, ...] = DEFAULT_PRIORS, tokenizer_overrides: list[str] = ()
+               ) -> tuple[Path, list[Cell]]:
     """Run the benchmark into `out` (see the module doc); `data`: the dev kit folder (music/ and notes/) for the
-    real-music suite; `prior_overrides`: `key=value` settings applied to every prior alike (a lever to measure,
-    e.g. `model.mask_span=17`). Returns the path of bench.md and every cell."""
+    real-music suite; `prior_overrides` / `tokenizer_overrides`: `key=value` settings applied to every prior
+    alike / to the tokenizer (a lever to measure, e.g. `model.mask_span=17`); `priors`: which of `PRIORS` to
+    train (`codes` and `frames` always are). Returns the path of bench.md and every cell."""
+    unknown = [p for p in priors if p not in PRIORS]
+    if unknown:
+        raise UserError(f"--priors: unknown prior '{unknown[0]}' (known: {', '.join(PRIORS)})")
+    priors = tuple(dict.fromkeys(["codes", *priors, "frames"]))
     t0 = time.time()
     out = Path(out)
     sizes = sizes or (QUICK if quick else FULL)
@@ -363,7 +386,9 @@ def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = Fa
     cells: list[Cell] = []
     record = {"command": command, "seed": seed, "splits": sizes.splits,
               "split_seeds": [seed + s for s in range(sizes.splits)], "probes": list(probes), "pool": POOL,
-              "sizes": asdict(sizes), "prior_overrides": list(prior_overrides), "threads": torch.get_num_threads(),
+              "sizes": asdict(sizes), "prior_overrides": list(prior_overrides),
+              "tokenizer_overrides": list(tokenizer_overrides), "priors": list(priors),
+              "threads": torch.get_num_threads(),
               "suites": {}}
     checked = []  # every suite is checked before anything is trained
     for suite in suites:
@@ -378,9 +403,9 @@ def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = Fa
         work = out / slug(suite.name.split(" ")[0])
         work.mkdir(parents=True, exist_ok=True)
         times: dict[str, float] = {}
-        configs = pretrain(suite, work, sizes, seed, progress, times, prior_overrides)
+        configs = pretrain(suite, work, sizes, seed, progress, times, prior_overrides, priors, tokenizer_overrides)
         store = TokenStore(work / "store")
-        feats = {ps.name: features(work, probe_files[ps.name], seed, times) for ps in suite.probe_sets}
+        feats = {ps.name: features(work, probe_files[ps.name], seed, times, priors) for ps in suite.probe_sets}
         t = time.time()
         cells += probe_suite(suite, feats, sizes, seed, probes)
         times["probes"] = time.time() - t

@@ -241,19 +241,23 @@ class ProbeResult:
         return asdict(self)
 
 
-def probe_layers(features: np.ndarray, layer_names: list[str], labels: Labels, split: np.ndarray, name: str,
-                 target: str, probes: tuple[str, ...] = ("linear", "mlp"), seed: int = 0, jobs: int = 1
+def probe_layers(features: np.ndarray | list[np.ndarray], layer_names: list[str], labels: Labels, split: np.ndarray,
+                 name: str, target: str, probes: tuple[str, ...] = ("linear", "mlp"), seed: int = 0, jobs: int = 1
                  ) -> ProbeResult:
-    """Probe each layer of `(N, L, D)` (or `(N, D)`) features; pick the layer on validation. `jobs` > 1 fits
-    layers in that many processes."""
-    if features.ndim == 2:
-        features = features[:, None]
-        layer_names = layer_names or ["features"]
+    """Probe each layer of `(N, L, D)` (or `(N, D)`) features, or each of a list of `(N, D_i)` candidates
+    (layers of different widths, e.g. a concatenation of layers); pick one on validation. `jobs` > 1 fits
+    them in that many processes."""
+    if isinstance(features, np.ndarray):
+        if features.ndim == 2:
+            features = features[:, None]
+            layer_names = layer_names or ["features"]
+        features = [features[:, i] for i in range(features.shape[1])]
+    if len(features) != len(layer_names):
+        raise ValueError(f"{len(features)} feature sets but {len(layer_names)} names")
     metric = PRIMARY[labels.task]
-    jobs = min(jobs, features.shape[1])
-    fits = Parallel(n_jobs=jobs)(delayed(fit_probe)(features[:, i], labels, split, probes, seed)
-                                 for i in range(features.shape[1])) if jobs > 1 else \
-        [fit_probe(features[:, i], labels, split, probes, seed) for i in range(features.shape[1])]
+    jobs = min(jobs, len(features))
+    fits = Parallel(n_jobs=jobs)(delayed(fit_probe)(x, labels, split, probes, seed) for x in features) \
+        if jobs > 1 else [fit_probe(x, labels, split, probes, seed) for x in features]
     best = best_index([f.valid for f in fits], labels.task)
     f, key = fits[best], SELECT[labels.task]
     return ProbeResult(name, labels.task, target, metric, layer_names[best], f.probe, f.params, f.valid, f.test,

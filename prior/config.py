@@ -11,6 +11,9 @@ objectives are presets of them, and say whether the model is masked (bidirection
 
 `model.inputs=frames` with code targets is the recipe of BEST-RQ, MusicFM and MuQ (continuous input,
 discrete targets), here with musetok's learned VQ-VAE codes as the targets; `codes+frames` sums both.
+`model.targets=random` predicts BEST-RQ's codes instead: each (unmasked) input frame through a frozen
+random projection, matched to the nearest of a frozen random codebook (`rpq_*`), so the table can say
+whether the learned codes are worth their training.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ DISCRETE = ("mlm", "ar")  # the objectives whose default inputs and targets are 
 class PriorConfig:
     objective: Literal["mlm", "ar", "masked_frames", "next_frames"] = "mlm"
     inputs: Literal["", "codes", "frames", "codes+frames"] = ""    # "": the objective's own
-    targets: Literal["", "codes", "frames"] = ""                    # "": the objective's own
+    targets: Literal["", "codes", "frames", "random"] = ""          # "": the objective's own
     dim: int = 256
     layers: int = 4
     heads: int = 4
@@ -36,9 +39,15 @@ class PriorConfig:
     max_len: int = 512              # context, in code frames
     dropout: float = 0.0            # > 0 also on attention (slower: SDPA leaves its fused kernel)
     rope_base: float = 10000.0
+    code_mix: Literal["sum", "weighted"] = "sum"   # K codebooks' input embeddings: summed, or a learned softmax
     mask_rate: float = 0.3          # mlm / masked_frames: fraction of frames inside masked spans
     mask_span: int = 5              # consecutive frames per span (single frames are solved by smoothness)
     predict_ahead: int = 3          # next_frames: predict the frame this many steps ahead (APC's n)
+    aux_frames: float = 0.0         # code targets: + this weight x L1 of the masked frames (MERT's CQT target)
+    rpq_codebooks: int = 1          # targets=random: BEST-RQ's frozen random-projection quantisers
+    rpq_size: int = 512             #   codes per quantiser
+    rpq_dim: int = 16               #   projection size
+    rpq_seed: int = 0               #   the projections and codebooks are drawn from this seed
     # Filled in from the token store it is trained on: inputs, outputs and the tokenizer it belongs to.
     codebook_size: int = 0
     num_codebooks: int = 1
@@ -55,6 +64,11 @@ class PriorConfig:
         check(self.mask_span >= 1, "model.mask_span", "must be >= 1")
         check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
         check(self.predict_ahead >= 1, "model.predict_ahead", "must be >= 1")
+        check(self.aux_frames >= 0.0, "model.aux_frames", "must be >= 0")
+        check(self.aux_frames == 0.0 or (self.target_kind != "frames" and not self.causal), "model.aux_frames",
+              "is an extra frame target for masked code-target priors (objective mlm)")
+        check(self.rpq_codebooks >= 1 and self.rpq_size >= 2 and self.rpq_dim >= 1, "model.rpq_size",
+              "random-projection targets need rpq_codebooks >= 1, rpq_size >= 2, rpq_dim >= 1")
 
     @property
     def causal(self) -> bool:
@@ -78,12 +92,20 @@ class PriorConfig:
 
     @property
     def predicts_codes(self) -> bool:
-        return self.target_kind == "codes"
+        """Cross-entropy over code targets: the tokenizer's (`codes`) or BEST-RQ's (`random`)."""
+        return self.target_kind in ("codes", "random")
+
+    @property
+    def target_codebooks(self) -> tuple[int, int]:
+        """(number of codebooks, codes per codebook) the output heads predict."""
+        if self.target_kind == "random":
+            return self.rpq_codebooks, self.rpq_size
+        return self.num_codebooks, self.codebook_size
 
     @property
     def uses_codes(self) -> bool:
-        return self.reads_codes or self.predicts_codes
+        return self.reads_codes or self.target_kind == "codes"
 
     @property
     def uses_frames(self) -> bool:
-        return self.reads_frames or not self.predicts_codes
+        return self.reads_frames or self.target_kind != "codes" or self.aux_frames > 0

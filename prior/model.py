@@ -127,6 +127,15 @@ def join_input(cfg: PriorConfig, codes: torch.Tensor | None, frames: torch.Tenso
     return {"codes": codes, "frames": frames}.get(cfg.input_kind, (codes, frames))
 
 
+def random_quantizer(cfg: PriorConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """BEST-RQ's frozen quantiser, drawn from `cfg.rpq_seed`: projections `(K, F, d)` (Xavier-normal) and
+    l2-normalised codebooks `(K, V, d)` (standard normal)."""
+    g = torch.Generator().manual_seed(cfg.rpq_seed)
+    k, v, d, f = cfg.rpq_codebooks, cfg.rpq_size, cfg.rpq_dim, cfg.frame_dim
+    proj = torch.randn(k, f, d, generator=g) * (2.0 / (f + d)) ** 0.5
+    return proj, F.normalize(torch.randn(k, v, d, generator=g), dim=-1)
+
+
 class Prior(nn.Module):
     def __init__(self, cfg: PriorConfig):
         super().__init__()
@@ -138,13 +147,20 @@ class Prior(nn.Module):
         if cfg.reads_codes:  # one extra row per table: the [MASK] code
             self.embed = nn.ModuleList(nn.Embedding(cfg.codebook_size + 1, cfg.dim)
                                        for _ in range(cfg.num_codebooks))
+            if cfg.code_mix == "weighted":  # DASB: a learned softmax over codebooks (x K, so it starts as the sum)
+                self.code_weights = nn.Parameter(torch.zeros(cfg.num_codebooks))
         if cfg.reads_frames:
             self.proj_in = nn.Linear(cfg.frame_dim, cfg.dim)
         if cfg.predicts_codes:
-            self.head_bias = nn.Parameter(torch.zeros(cfg.num_codebooks, cfg.codebook_size))
-            if not cfg.reads_codes:  # nothing to tie to: output code embeddings of their own
-                self.code_out = nn.Parameter(torch.randn(cfg.num_codebooks, cfg.codebook_size, cfg.dim) * 0.02)
-        else:
+            k, v = cfg.target_codebooks
+            self.head_bias = nn.Parameter(torch.zeros(k, v))
+            if not self.tied:  # nothing to tie to: output code embeddings of their own
+                self.code_out = nn.Parameter(torch.randn(k, v, cfg.dim) * 0.02)
+            if cfg.target_kind == "random":
+                proj, book = random_quantizer(cfg)
+                self.register_buffer("rpq_proj", proj)
+                self.register_buffer("rpq_codebook", book)
+        if not cfg.predicts_codes or cfg.aux_frames > 0:
             self.head = nn.Linear(cfg.dim, cfg.frame_dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
@@ -168,6 +184,11 @@ class Prior(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
 
     @property
+    def tied(self) -> bool:
+        """Output code embeddings are the input ones (the prior reads the codes it predicts)."""
+        return self.cfg.reads_codes and self.cfg.target_kind == "codes"
+
+    @property
     def mask_id(self) -> int:
         return self.cfg.codebook_size
 
@@ -181,7 +202,11 @@ class Prior(nn.Module):
         codes, frames = split_input(self.cfg, x)
         h = None
         if codes is not None:
-            h = sum(emb(codes[:, k]) for k, emb in enumerate(self.embed))
+            if self.cfg.code_mix == "weighted":
+                w = torch.softmax(self.code_weights, 0) * len(self.embed)
+                h = sum(w[k] * emb(codes[:, k]) for k, emb in enumerate(self.embed))
+            else:
+                h = sum(emb(codes[:, k]) for k, emb in enumerate(self.embed))
         if frames is not None:
             h = self.proj_in(frames) if h is None else h + self.proj_in(frames)
         return h
@@ -218,12 +243,19 @@ class Prior(nn.Module):
 
     def code_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Normalised states `(..., D)` -> logits `(..., K, V)`, tied to the code embeddings when the prior
-        reads codes, its own output embeddings otherwise."""
-        if self.cfg.reads_codes:
+        reads the codes it predicts, its own output embeddings otherwise."""
+        if self.tied:
             w = torch.stack([emb.weight[: self.cfg.codebook_size] for emb in self.embed])  # (K, V, D)
         else:
             w = self.code_out
         return torch.einsum("...d,kvd->...kv", h, w) + self.head_bias
+
+    @torch.no_grad()
+    def random_codes(self, frames: torch.Tensor) -> torch.Tensor:
+        """BEST-RQ targets: normalised frames `(..., F)` -> codes `(..., K)`, the nearest (cosine) entry of each
+        frozen random codebook to the frozen random projection of the frame."""
+        z = F.normalize(torch.einsum("...f,kfd->...kd", frames.float(), self.rpq_proj), dim=-1)  # (..., K, d)
+        return torch.einsum("...kd,kvd->...kv", z, self.rpq_codebook).argmax(-1)
 
     def frame_prediction(self, h: torch.Tensor) -> torch.Tensor:
         """Normalised states `(..., D)` -> frames `(..., F)`."""

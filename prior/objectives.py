@@ -4,7 +4,10 @@ Masked (`mlm`, `masked_frames`): spans of the input are corrupted and only they 
 `next_frames`): the target `shift` frames ahead is predicted from the past. What the prior reads and what
 it predicts are `cfg.input_kind` / `cfg.target_kind` (see `prior/config.py`):
 - code targets: cross-entropy over every codebook (one head each);
-- frame targets: L1 on normalised mel frames (Mockingjay/TERA, APC with `predict_ahead`).
+- frame targets: L1 on normalised mel frames (Mockingjay/TERA, APC with `predict_ahead`);
+- random targets: cross-entropy over BEST-RQ's random-projection codes of the clean frames;
+- `aux_frames` > 0 adds L1 on the masked frames to a code loss (MERT's CQT reconstruction, with the
+  `semitone` front-end).
 """
 
 from __future__ import annotations
@@ -51,13 +54,23 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
         mask = mask.to(lengths.device)
         h = model(join_input(cfg, c_in, f_in), valid, keep=mask).hidden  # (N, D): only masked frames are predicted
         if cfg.predicts_codes:
-            return _code_loss(model, h, codes.permute(0, 2, 1)[mask])
+            target = unwrap(model).random_codes(frames[mask]) if cfg.target_kind == "random" \
+                else codes.permute(0, 2, 1)[mask]
+            out = _code_loss(model, h, target)
+            if cfg.aux_frames > 0:  # MERT: a reconstruction target beside the codes
+                out.loss = out.loss + cfg.aux_frames * F.l1_loss(unwrap(model).frame_prediction(h), frames[mask])
+            return out
         return LossOutput(F.l1_loss(unwrap(model).frame_prediction(h), frames[mask]), int(mask.sum()))
 
     shift = 1 if cfg.predicts_codes else cfg.predict_ahead
     c_in = codes[:, :, :-shift] if cfg.reads_codes else None                       # (B, K, T')
     f_in = frames[:, :-shift] if cfg.reads_frames else None                        # (B, T', F)
-    target = codes[:, :, shift:].permute(0, 2, 1) if cfg.predicts_codes else frames[:, shift:]  # (B, T', K|F)
+    if cfg.target_kind == "random":
+        target = unwrap(model).random_codes(frames[:, shift:])   # (B, T', K)
+    elif cfg.predicts_codes:
+        target = codes[:, :, shift:].permute(0, 2, 1)             # (B, T', K)
+    else:
+        target = frames[:, shift:]                                # (B, T', F)
     valid = _valid(lengths - shift, target.shape[1])
     h = model(join_input(cfg, c_in, f_in), valid, keep=valid if not bool(valid.all()) else None).hidden
     h = h if h.dim() == 2 else h.reshape(-1, h.shape[-1])  # (N, D), in valid order

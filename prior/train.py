@@ -105,7 +105,8 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
     def train_metrics(outs: list[training.StepOutput]) -> dict:
         if not mc.predicts_codes:
             return {}
-        return {"accuracy": sum(o.info.correct for o in outs) / max(sum(o.scored for o in outs) * mc.num_codebooks, 1)}
+        scored = sum(o.scored for o in outs) * mc.target_codebooks[0]
+        return {"accuracy": sum(o.info.correct for o in outs) / max(scored, 1)}
 
     def validate() -> dict:
         """On rank 0 only, with the unwrapped model (DDP's forward would wait for the other ranks)."""
@@ -119,7 +120,7 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                 correct += o.correct
         model.train()
         loss = total / max(n, 1)
-        accuracy = correct / max(n * mc.num_codebooks, 1) if mc.predicts_codes else None
+        accuracy = correct / max(n * mc.target_codebooks[0], 1) if mc.predicts_codes else None
         last_valid.update(loss=loss, accuracy=accuracy)
         if not mc.predicts_codes:
             return {"valid_loss": loss}

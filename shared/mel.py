@@ -1,4 +1,4 @@
-"""Waveform -> log-mel spectrogram.
+"""Waveform -> log-mel spectrogram, or log-semitone spectrogram (`scale: semitone`).
 
 `MelFrontend` is `torch.stft`-equivalent framing plus librosa's mel filterbank, batched and on any
 device. It matches `np.log(librosa.feature.melspectrogram(..., center=True, pad_mode="constant") + eps)`
@@ -12,7 +12,7 @@ file never has to be in memory at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import librosa
 import numpy as np
@@ -32,6 +32,10 @@ class MelConfig:
     f_min: float = 0.0
     f_max: Optional[float] = None
     log_eps: float = 1e-5
+    # `mel`: librosa's mel filterbank. `semitone`: n_mels triangular bands a semitone apart from f_min (C1,
+    # 32.7 Hz, when f_min is 0), a constant-Q filterbank on the STFT that keeps pitch; it needs a long
+    # n_fft (4096 at 22.05 kHz resolves semitones from about 90 Hz; lower bands are as wide as 2 FFT bins).
+    scale: Literal["mel", "semitone"] = "mel"
 
     def __post_init__(self):
         check(self.sample_rate > 0, "mel.sample_rate", "must be positive")
@@ -41,11 +45,35 @@ class MelConfig:
         nyquist = self.sample_rate / 2
         check(self.f_max is None or self.f_min < self.f_max <= nyquist, "mel.f_max",
               f"must be in (f_min, {nyquist}]")
+        if self.scale == "semitone":
+            top = self.semitone_low * 2 ** (self.n_mels / 12)  # upper edge of the top band
+            check(top <= nyquist, "mel.n_mels", f"{self.n_mels} semitone bands from {self.semitone_low:.1f} Hz reach "
+                  f"{top:.0f} Hz, above the Nyquist frequency {nyquist:.0f} Hz")
+
+    @property
+    def semitone_low(self) -> float:
+        """Centre of the lowest semitone band (Hz)."""
+        return self.f_min if self.f_min > 0 else float(librosa.note_to_hz("C1"))
 
     @property
     def frame_rate(self) -> float:
         """Mel frames per second."""
         return self.sample_rate / self.hop_length
+
+
+def semitone_filterbank(cfg: MelConfig) -> np.ndarray:
+    """`(n_mels, 1 + n_fft // 2)`: triangles centred a semitone apart from `cfg.semitone_low`, each reaching its
+    neighbours' centres (at least two FFT bins wide, so no band is empty), each of unit area (as Slaney's mel)."""
+    fft_hz = librosa.fft_frequencies(sr=cfg.sample_rate, n_fft=cfg.n_fft)
+    bin_hz = fft_hz[1]
+    centres = librosa.cqt_frequencies(cfg.n_mels + 2, fmin=cfg.semitone_low / 2 ** (1 / 12), bins_per_octave=12)
+    fb = np.zeros((cfg.n_mels, len(fft_hz)), dtype=np.float64)
+    for i in range(cfg.n_mels):
+        lo, mid, hi = centres[i:i + 3]
+        left, right = max(mid - lo, bin_hz), max(hi - mid, bin_hz)
+        tri = np.clip(np.minimum((fft_hz - (mid - left)) / left, ((mid + right) - fft_hz) / right), 0.0, None)
+        fb[i] = tri / tri.sum()
+    return fb.astype(np.float32)
 
 
 class MelFrontend(nn.Module):
@@ -57,8 +85,8 @@ class MelFrontend(nn.Module):
     def __init__(self, cfg: MelConfig):
         super().__init__()
         self.cfg = cfg
-        fb = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels,
-                                 fmin=cfg.f_min, fmax=cfg.f_max)
+        fb = semitone_filterbank(cfg) if cfg.scale == "semitone" else \
+            librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=cfg.f_max)
         # Not saved in checkpoints: both are derived from the config.
         self.register_buffer("fb", torch.from_numpy(fb.T.astype(np.float32)).contiguous(), persistent=False)
         self.register_buffer("window", torch.hann_window(cfg.n_fft, periodic=True), persistent=False)

@@ -17,7 +17,8 @@ from tests.conftest import tone, write
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "repr"
-    assert main(["bench-repr", "--quick", "--out", str(out), "--quiet", "--set", "model.mask_span=3"]) == 0
+    assert main(["bench-repr", "--quick", "--out", str(out), "--quiet", "--set", "model.mask_span=3",
+                 "--priors", "frames_random", "--tokenizer-set", "model.codebook_size=64"]) == 0
     return out
 
 
@@ -26,7 +27,7 @@ def test_quick_bench_writes_the_table_with_mean_and_std(bench):
     rows = list(csv.DictReader(open(bench / "bench.csv")))
     cells = {(c["task"], c["features"]): c for c in json.loads((bench / "bench.json").read_text())["cells"]}
     tasks = ["instrument", "pitch", "instrument (unseen program)", "key", "tempo", "melody instrument"]
-    features = ["prior: codes -> codes (mlm)", "prior: frames -> codes (mlm)",
+    features = ["prior: codes -> codes (mlm)", "prior: frames -> random-projection codes (BEST-RQ)",
                 "prior: frames -> frames (masked_frames)", "random-weights prior (codes -> codes)", "bag of codes",
                 "mfcc+delta mean/std", "log-mel mean/std", "chroma (CQT) mean/std"]
     assert {r["task"] for r in rows} == set(tasks) and {r["features"] for r in rows} == set(features)
@@ -42,8 +43,8 @@ def test_quick_bench_writes_the_table_with_mean_and_std(bench):
             line = next(ln for ln in md.splitlines() if ln.startswith(f"| {f} |"))
             assert f"{c['mean']:.3f} ± {c['std']:.3f}" in line
     # multi-layer rows report the layer chosen on validation; the per-layer plots exist
-    prior_line = next(ln for ln in md.splitlines() if ln.startswith("| prior: frames -> codes"))
-    assert len(re.findall(r"\[(input|layer\d)\]", prior_line)) == len(tasks)
+    prior_line = next(ln for ln in md.splitlines() if ln.startswith("| prior: frames -> random"))
+    assert len(re.findall(r"\[(input|layer\d|mean of layers|concat of layers)\]", prior_line)) == len(tasks)
     assert "meanstd" in md and "Equal compute for every prior" in md and "steps 20" in md
     assert (bench / "layers_synthetic_pitch.png").is_file()
 
@@ -52,10 +53,12 @@ def test_prior_settings_apply_to_every_prior_alike(bench):
     record = json.loads((bench / "bench.json").read_text())
     assert record["prior_overrides"] == ["model.mask_span=3"]
     priors = record["suites"]["synthetic"]["configs"]["priors"]
-    assert set(priors) == {"codes", "frames_codes", "frames"}
+    assert set(priors) == {"codes", "frames_random", "frames"}  # codes and frames are always trained
     assert {p["model"]["mask_span"] for p in priors.values()} == {3}
-    assert {(p["model"]["objective"], p["model"]["inputs"]) for p in priors.values()} == {
-        ("mlm", "codes"), ("mlm", "frames"), ("masked_frames", "frames")}
+    assert {(p["model"]["objective"], p["model"]["inputs"], p["model"]["targets"]) for p in priors.values()} == {
+        ("mlm", "codes", ""), ("mlm", "frames", "random"), ("masked_frames", "frames", "")}
+    assert record["suites"]["synthetic"]["configs"]["tokenizer"]["model"]["codebook_size"] == 64
+    assert main(["bench-repr", "--quick", "--out", str(bench), "--priors", "nope"]) == 2
 
 
 def test_layers_are_chosen_on_validation_log_loss_not_order(bench):

@@ -6,7 +6,7 @@ import torch
 
 from musetok.prior.config import PriorConfig
 from musetok.prior.data import Batch
-from musetok.prior.masking import corrupt_codes, row_generators, span_mask
+from musetok.prior.masking import corrupt_codes, corrupt_frames, row_generators, span_mask
 from musetok.prior.model import Prior
 from musetok.prior.objectives import compute_loss
 from musetok.shared.config import ConfigError, load_config
@@ -314,3 +314,66 @@ def test_resume_refuses_a_store_of_another_tokenizer(tmp_path, store):
     with pytest.raises(CheckpointError, match="prior was trained on tokenizer .*tokenizer_id"):
         train_prior(run, other, tmp_path / "p", resume=True, progress=False)
     assert train_prior(run, store, tmp_path / "p", resume=True, progress=False).steps == 10
+
+
+# -- BEST-RQ targets, learned codebook weights, auxiliary frame target --------------------------------------
+def test_random_projection_targets_are_frozen_and_follow_the_clean_frames():
+    """BEST-RQ: the quantiser is a fixed function of `rpq_seed` (same codes in two models, other codes with
+    another seed), it is not trained, and it lands in the checkpoint."""
+    a, b = Prior(cfg(inputs="frames", targets="random")), Prior(cfg(inputs="frames", targets="random"))
+    c = Prior(cfg(inputs="frames", targets="random", rpq_seed=1))
+    frames = torch.randn(4, 20, 12)
+    codes = a.random_codes(frames)
+    assert codes.shape == (4, 20, 1) and int(codes.max()) < 512
+    assert torch.equal(codes, b.random_codes(frames)) and not torch.equal(codes, c.random_codes(frames))
+    assert len(torch.unique(codes)) > 20  # spread over the codebook, not collapsed onto a few codes
+    assert not any("rpq" in n for n, _ in a.named_parameters())
+    assert {"rpq_proj", "rpq_codebook"} <= set(a.state_dict())
+    assert a.code_out.shape == (1, 512, 32)
+
+
+def test_random_targets_are_scored_on_the_masked_clean_frames():
+    """On i.i.d. noise frames a masked frame's random-projection code cannot be inferred from its neighbours, so
+    accuracy stays near chance. Targets drawn from the corrupted input (80% zeros: one constant code) would
+    be predicted at >= 0.8, and a model reading the clean frames would learn them all."""
+    torch.manual_seed(0)
+    model = Prior(cfg(inputs="frames", targets="random", layers=1, max_len=32, frame_dim=16, rpq_size=8))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    for step in range(80):
+        frames = torch.randn(16, 32, 16, generator=g)
+        o = compute_loss(model, Batch(None, frames, torch.full((16,), 32), torch.arange(16) + 16 * step))
+        opt.zero_grad()
+        o.loss.backward()
+        opt.step()
+    assert o.correct / o.targets < 0.35  # 8 codes: chance 1/8 plus the 10% of masked frames left unchanged
+
+
+def test_learned_codebook_weights_start_as_the_sum_and_train():
+    torch.manual_seed(0)
+    plain = Prior(cfg(num_codebooks=3))
+    torch.manual_seed(0)
+    weighted = Prior(cfg(num_codebooks=3, code_mix="weighted"))
+    codes = torch.randint(0, 16, (2, 3, 10))
+    assert torch.allclose(plain.embed_inputs(codes), weighted.embed_inputs(codes), atol=1e-6)
+    o = compute_loss(weighted, Batch(codes, None, torch.full((2,), 10), torch.arange(2)))
+    o.loss.backward()
+    assert weighted.code_weights.grad is not None and weighted.code_weights.grad.abs().sum() > 0
+
+
+def test_aux_frames_adds_the_masked_frame_l1():
+    torch.manual_seed(0)
+    m = Prior(cfg(inputs="frames", aux_frames=0.5))
+    codes, frames = torch.randint(0, 16, (2, 2, 20)), torch.randn(2, 20, 12)
+    batch = Batch(codes, frames, torch.full((2,), 20), torch.arange(2))
+    with_aux = compute_loss(m, batch).loss
+    m.cfg.aux_frames = 0.0
+    without = compute_loss(m, batch).loss
+    gens = row_generators(batch.seeds)  # the masking draws, in compute_loss's order
+    mask = span_mask(batch.lengths, 20, m.cfg.mask_rate, m.cfg.mask_span, gens)
+    f_in = corrupt_frames(frames, mask, batch.lengths, gens)
+    h = m(f_in, keep=mask).hidden
+    l1 = torch.nn.functional.l1_loss(m.frame_prediction(h), frames[mask])
+    assert torch.allclose(with_aux - without, 0.5 * l1, atol=1e-5)
+    with pytest.raises(ConfigError, match="aux_frames"):
+        cfg(objective="masked_frames", aux_frames=1.0)

@@ -218,3 +218,15 @@ def test_key_task_through_the_probe(tmp_path):
                  "--embeddings", f"toy={tmp_path}/e.npy", "--probes", "linear", "--out", str(out)]) == 0
     res = list(csv.DictReader(open(out / "results.csv")))
     assert res[0]["task"] == "key" and res[0]["metric"] == "weighted_score" and float(res[0]["test"]) > 0.9
+
+
+def test_candidates_of_different_widths():
+    """Layer combinations are candidates of their own width (a concatenation of layers is wider)."""
+    x, y = blobs(n=200)
+    noise = np.random.default_rng(2).standard_normal(x.shape)
+    feats = [noise, np.concatenate([noise, x], axis=1), noise * 2]
+    labels = Labels([str(i) for i in range(len(y))], y, "classification")
+    r = probe_layers(feats, ["l0", "concat", "l2"], labels, make_split(labels), "toy", "label", probes=("linear",))
+    assert r.layer == "concat"
+    with pytest.raises(ValueError, match="3 feature sets but 2 names"):
+        probe_layers(feats, ["l0", "l1"], labels, make_split(labels), "toy", "label", probes=("linear",))

@@ -195,3 +195,14 @@ def test_waveform_tokenizer_trains_tokenizes_and_decodes(tmp_path, corpus):
     # mel frames belong to mel tokenizers: asking for them is a one-line error
     assert main(["tokenize", "--tokenizer", str(tmp_path / "tok"), "--audio", str(corpus), "--out",
                  str(tmp_path / "store2"), "--workers", "0", "--with-frames", "--quiet"]) == 2
+
+
+def test_folders_saved_before_a_setting_existed_keep_their_id(tmp_path, trained_tokenizer):
+    """`mel.scale` was added later: a config.json without it still loads (the id hashes it only when set)."""
+    import shutil
+    old = tmp_path / "old"
+    shutil.copytree(trained_tokenizer, old)
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["config"]["mel"]["scale"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    assert load_tokenizer(old).tokenizer_id == load_tokenizer(trained_tokenizer).tokenizer_id

@@ -19,6 +19,9 @@ from musetok.shared.token_store import StoreMeta
 from musetok.tokenizer.config import TokenizerConfig
 from musetok.tokenizer.layers import receptive_field
 
+# Config settings added after tokenizers were first saved: (section, key, default).
+LATER_SETTINGS = [("mel", "scale", "mel")]
+
 
 @dataclass
 class TokenizerOutput:
@@ -61,7 +64,11 @@ class Tokenizer(nn.Module, ABC):
         """A hash of everything that decides the codes: the config (mel settings included), the saved
         weights and buffers, and the mel normaliser (`identity_tensors`). Token stores and priors record it
         and refuse another tokenizer. Buffers that follow from the config (the mel filterbank) are left out."""
-        h = hashlib.sha256(json.dumps(to_dict(self.cfg), sort_keys=True).encode())
+        cfg = to_dict(self.cfg)
+        for section, key, default in LATER_SETTINGS:  # hashed only when set, so older folders keep their id
+            if isinstance(cfg.get(section), dict) and cfg[section].get(key) == default:
+                del cfg[section][key]
+        h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
         tensors = self.identity_tensors()
         for name in sorted(tensors):
             t = tensors[name].detach().cpu().contiguous().reshape(-1)
