@@ -1,6 +1,6 @@
 """Stage-1 benchmark: front-end vs full tokenize throughput, and peak memory vs file length.
 
-    python benchmarks/bench_tokenize.py [--audio DIR] [--minutes 10] [--workers 1]
+    python benchmarks/bench_tokenize.py [--audio DIR] [--minutes 10] [--workers 1] [--set KEY=VALUE ...]
 
 On the same audio, in one run:
   1. decode + resample + log-mel alone (no model), as real-time factor (audio s per wall s);
@@ -80,6 +80,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a tokenizer setting to measure, e.g. model.mel.scale=semitone (repeatable)")
     args = ap.parse_args()
 
     audio = args.audio or default_audio()
@@ -93,7 +95,8 @@ def main() -> None:
     manifest = write_manifest(tmp, root, files)
     print(f"audio: {len(files)} files, {seconds / 60:.1f} min from {audio}")
 
-    run = load_config(TokenizerRunConfig, "small", kind="tokenizer")
+    run = load_config(TokenizerRunConfig, "small", args.overrides, kind="tokenizer")
+    print(f"tokenizer: small {' '.join(args.overrides)}; mel {run.model.mel}")
     model = build_tokenizer(run.model).eval()
     tok_dir = tmp / "tok"
     save_tokenizer(tok_dir, model)

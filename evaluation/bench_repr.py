@@ -40,6 +40,7 @@ from musetok.evaluation.baselines import bag_of_codes, handcrafted_features
 from musetok.evaluation.evaluate import slug
 from musetok.evaluation.probe import PRIMARY, Labels, make_split, probe_layers
 from musetok.prior.builder import build_prior_for_store
+from musetok.prior.config import PriorConfig
 from musetok.prior.train import PriorRunConfig, train_prior
 from musetok.shared.audio import list_audio
 from musetok.shared.config import load_config, to_dict
@@ -54,7 +55,7 @@ from musetok.tokenizer.train import TokenizerRunConfig, train_tokenizer
 log = logging.getLogger("musetok")
 POOL = "meanstd"
 # The priors the benchmark can train, all with the `small` config at equal compute: name -> (settings, row).
-# `codes` (the Jukebox route) and `frames` (the continuous control) are always trained.
+# `frames` (the continuous control) is always trained.
 PRIORS = {
     "codes": (["model.objective=mlm", "model.inputs=codes"], "prior: codes -> codes (mlm)"),
     "frames_codes": (["model.objective=mlm", "model.inputs=frames"], "prior: frames -> codes (mlm)"),
@@ -205,12 +206,16 @@ def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bo
             train_prior(runs[name], out / "store", out / f"prior_{name}", progress=progress)
         times[f"prior_{name}"] = time.time() - t
 
+    # the random-weights control: the codes -> codes prior's config, never trained
+    random_run = load_config(PriorRunConfig, "small", PRIORS["codes"][0] + list(prior_overrides), kind="prior")
+
     def budget(r: PriorRunConfig) -> dict:
         return {**{k: getattr(r.model, k) for k in ("dim", "layers", "heads", "mlp", "max_len")},
                 **{k: getattr(r.train, k) for k in ("steps", "batch_size", "grad_accum")}}
-    same = budget(runs["codes"])
+    same = budget(runs["frames"])
     assert all(budget(r) == same for r in runs.values()), "the priors must get equal compute"
-    return {"tokenizer": to_dict(tok_run), "priors": {k: to_dict(v) for k, v in runs.items()}, "equal_compute": same}
+    return {"tokenizer": to_dict(tok_run), "priors": {k: to_dict(v) for k, v in runs.items()}, "equal_compute": same,
+            "random": random_run.model}
 
 
 # -- features -------------------------------------------------------------------------------------------
@@ -226,26 +231,27 @@ def pooled(emb: Embedder, inputs: list[np.ndarray], batch: int = 32) -> list[np.
     return [np.stack([o[j].numpy() for o in out]).astype(np.float32) for j in range(len(out[0]))]
 
 
-def features(out: Path, paths: list[Path], seed: int, times: dict, priors: tuple[str, ...] = DEFAULT_PRIORS
+def features(out: Path, paths: list[Path], seed: int, times: dict, priors: tuple[str, ...], random_cfg: PriorConfig
              ) -> tuple[dict[str, np.ndarray | list[np.ndarray]], list[str]]:
     """Every row of the table for these clips: name -> `(N, D)`, or for the priors a list of `(N, D_i)`
     candidates (each layer, then `COMBINED`); plus the priors' candidate names."""
     tok = load_tokenizer(out / "tokenizer")
     embs = {name: Embedder.from_pretrained(out / "tokenizer", out / f"prior_{name}") for name in priors}
     torch.manual_seed(seed)
-    random_prior = Embedder(tok, build_prior_for_store(embs["codes"].prior.cfg, TokenStore(out / "store")))
+    random_prior = Embedder(tok, build_prior_for_store(random_cfg, TokenStore(out / "store")))
     t = time.time()
     inputs = {name: [emb.inputs_from_file(p) for p in paths] for name, emb in embs.items()}
+    codes = inputs["codes"] if "codes" in inputs else [random_prior.inputs_from_file(p) for p in paths]
     feats = {PRIORS[name][1]: pooled(emb, inputs[name]) for name, emb in embs.items()}
-    feats[RANDOM_ROW] = pooled(random_prior, inputs["codes"])
-    feats["bag of codes"] = np.stack([bag_of_codes(c, tok.codebook_size) for c in inputs["codes"]])
+    feats[RANDOM_ROW] = pooled(random_prior, codes)
+    feats["bag of codes"] = np.stack([bag_of_codes(c, tok.codebook_size) for c in codes])
     times["embed"] = times.get("embed", 0.0) + time.time() - t
     t = time.time()
     hand = handcrafted_features(paths, tok.sample_rate)
     feats.update({"mfcc+delta mean/std": hand["mfcc"], "log-mel mean/std": hand["logmel"],
                   "chroma (CQT) mean/std": hand["chroma"]})
     times["baselines"] = times.get("baselines", 0.0) + time.time() - t
-    return feats, embs["codes"].layer_names + list(COMBINED)
+    return feats, random_prior.layer_names + list(COMBINED)
 
 
 # -- probes ---------------------------------------------------------------------------------------------
@@ -372,11 +378,11 @@ def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = Fa
     """Run the benchmark into `out` (see the module doc); `data`: the dev kit folder (music/ and notes/) for the
     real-music suite; `prior_overrides` / `tokenizer_overrides`: `key=value` settings applied to every prior
     alike / to the tokenizer (a lever to measure, e.g. `model.mask_span=17`); `priors`: which of `PRIORS` to
-    train (`codes` and `frames` always are). Returns the path of bench.md and every cell."""
+    train (the `frames` control always is). Returns the path of bench.md and every cell."""
     unknown = [p for p in priors if p not in PRIORS]
     if unknown:
         raise UserError(f"--priors: unknown prior '{unknown[0]}' (known: {', '.join(PRIORS)})")
-    priors = tuple(dict.fromkeys(["codes", *priors, "frames"]))
+    priors = tuple(dict.fromkeys([*priors, "frames"]))
     t0 = time.time()
     out = Path(out)
     sizes = sizes or (QUICK if quick else FULL)
@@ -405,7 +411,9 @@ def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = Fa
         times: dict[str, float] = {}
         configs = pretrain(suite, work, sizes, seed, progress, times, prior_overrides, priors, tokenizer_overrides)
         store = TokenStore(work / "store")
-        feats = {ps.name: features(work, probe_files[ps.name], seed, times, priors) for ps in suite.probe_sets}
+        random_cfg = configs.pop("random")
+        feats = {ps.name: features(work, probe_files[ps.name], seed, times, priors, random_cfg)
+                 for ps in suite.probe_sets}
         t = time.time()
         cells += probe_suite(suite, feats, sizes, seed, probes)
         times["probes"] = time.time() - t

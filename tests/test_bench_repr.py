@@ -18,7 +18,7 @@ from tests.conftest import tone, write
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "repr"
     assert main(["bench-repr", "--quick", "--out", str(out), "--quiet", "--set", "model.mask_span=3",
-                 "--priors", "frames_random", "--tokenizer-set", "model.codebook_size=64"]) == 0
+                 "--priors", "codes,frames_random", "--tokenizer-set", "model.codebook_size=64"]) == 0
     return out
 
 
@@ -53,7 +53,7 @@ def test_prior_settings_apply_to_every_prior_alike(bench):
     record = json.loads((bench / "bench.json").read_text())
     assert record["prior_overrides"] == ["model.mask_span=3"]
     priors = record["suites"]["synthetic"]["configs"]["priors"]
-    assert set(priors) == {"codes", "frames_random", "frames"}  # codes and frames are always trained
+    assert set(priors) == {"codes", "frames_random", "frames"}  # frames is always trained
     assert {p["model"]["mask_span"] for p in priors.values()} == {3}
     assert {(p["model"]["objective"], p["model"]["inputs"], p["model"]["targets"]) for p in priors.values()} == {
         ("mlm", "codes", ""), ("mlm", "frames", "random"), ("masked_frames", "frames", "")}
