@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a prior setting applied to every prior alike, e.g. model.mask_span=17 (repeatable)")
     s.add_argument("--tokenizer-set", dest="tokenizer_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a tokenizer setting, e.g. model.num_codebooks=4 (repeatable)")
-    s.add_argument("--priors", default="codes,frames_codes,frames_random,frames",
+    s.add_argument("--priors", default="codes,frames_codes_aux,frames",
                    help="which priors to train, of codes, frames_codes, frames_random, frames_codes_aux, frames "
                         "(the frames control always is)")
     s.add_argument("--seed", type=int, default=0)

@@ -1,9 +1,10 @@
 """`musetok demo`: the representation benchmark's synthetic suite at demo size, in one folder.
 
-    demo corpus (pretraining pieces) -> train the small tokenizer -> tokenize (+ mel frames)
-    -> pretrain the small prior (mlm) and the continuous masked_frames control at equal compute
+    demo corpus (pretraining pieces) -> train the small tokenizer -> tokenize (+ spectrogram frames)
+    -> pretrain the small prior (frames -> codes + frames), codes -> codes and the continuous
+       masked_frames control at equal compute
     -> probe pieces and single notes made with other seeds (never seen in pretraining)
-    -> every row (priors per layer, random-weights prior, bag of codes, MFCC, log-mel, chroma),
+    -> every row (priors per layer, random-weights priors, bag of codes, MFCC, log-mel, chroma),
        pooled the same way, linear probes on 3 grouped splits -> bench.md with the table and plots.
 
 It is `musetok bench-repr` with smaller sizes (`evaluation.bench_repr.DEMO`) and without the real-music

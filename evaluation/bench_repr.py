@@ -2,16 +2,17 @@
 
 For each suite (the synthetic one always; the real-music dev kit when `--data` points at it):
 
-1. pretrain: the `small` tokenizer on the suite's pretraining audio, the token store (codes and mel
-   frames), and three `small` priors with the same steps, batch, width, depth and context (checked, and
-   stated in the table): codes -> codes (`mlm`, the Jukebox route), frames -> codes (`mlm` reading mel
-   frames and predicting the VQ codes: BEST-RQ / MusicFM's recipe) and frames -> frames (the continuous
-   `masked_frames` control);
+1. pretrain: the `small` tokenizer on the suite's pretraining audio, the token store (codes and
+   spectrogram frames), and `small` priors with the same steps, batch, width, depth and context (checked,
+   and stated in the table). By default three (`DEFAULT_PRIORS`): the recommended `small` prior (frames ->
+   codes + frames), codes -> codes (`mlm`, the Jukebox route) and frames -> frames (the continuous
+   `masked_frames` control); `--priors` adds frames -> codes and frames -> BEST-RQ random-projection codes;
 2. probe sets whose audio the tokenizer, its normaliser and the priors never saw (checked by path and
    by content hash: the benchmark refuses to run otherwise);
 3. rows, all pooled over time the same way (mean and standard deviation, `meanstd`): every prior per
-   layer (the layer chosen on validation), the same prior with random weights, bag of codes (code
-   histogram), MFCC(+delta), log-mel and CQT-chroma statistics;
+   layer, and the mean and the concatenation of its layers (the candidate chosen on validation), the
+   codes -> codes and the recommended prior with random weights, bag of codes (code histogram),
+   MFCC(+delta), log-mel and CQT-chroma statistics;
 4. linear probes on `splits` grouped, stratified splits (a piece, a note, or for the unseen-program
    tasks a whole program stays in one split); layers and settings chosen on validation log-loss;
    each cell is the test metric's mean ± std over the splits.
@@ -56,17 +57,21 @@ log = logging.getLogger("musetok")
 POOL = "meanstd"
 # The priors the benchmark can train, all with the `small` config at equal compute: name -> (settings, row).
 # `frames` (the continuous control) is always trained.
-PRIORS = {
-    "codes": (["model.objective=mlm", "model.inputs=codes"], "prior: codes -> codes (mlm)"),
-    "frames_codes": (["model.objective=mlm", "model.inputs=frames"], "prior: frames -> codes (mlm)"),
-    "frames_random": (["model.objective=mlm", "model.inputs=frames", "model.targets=random"],
-                      "prior: frames -> random-projection codes (BEST-RQ)"),
-    "frames_codes_aux": (["model.objective=mlm", "model.inputs=frames", "model.aux_frames=1.0"],
-                         "prior: frames -> codes + frames (mlm, MERT-style)"),
-    "frames": (["model.objective=masked_frames", "model.inputs=frames"], "prior: frames -> frames (masked_frames)"),
-}
-DEFAULT_PRIORS = ("codes", "frames_codes", "frames_random", "frames")
-RANDOM_ROW = "random-weights prior (codes -> codes)"
+PRIORS = {name: ([f"model.objective={o}", f"model.inputs={i}", f"model.targets={t}", f"model.aux_frames={a}"], row)
+          for name, (o, i, t, a, row) in {
+    "codes": ("mlm", "codes", "codes", 0.0, "prior: codes -> codes (mlm)"),
+    "frames_codes": ("mlm", "frames", "codes", 0.0, "prior: frames -> codes (mlm)"),
+    "frames_random": ("mlm", "frames", "random", 0.0, "prior: frames -> random-projection codes (BEST-RQ)"),
+    "frames_codes_aux": ("mlm", "frames", "codes", 1.0, "prior: frames -> codes + frames (mlm, MERT-style)"),
+    "frames": ("masked_frames", "frames", "frames", 0.0, "prior: frames -> frames (masked_frames)"),
+}.items()}
+# The prior the `small` configs ship (configs/prior/small.yaml; checked by the tests).
+RECOMMENDED = "frames_codes_aux"
+# The random-weights controls: the same priors, never trained (the opponents small models must beat).
+RANDOM = {"codes": "random-weights prior (codes -> codes)",
+          RECOMMENDED: "random-weights prior (" + PRIORS[RECOMMENDED][1].split(": ", 1)[1] + ")"}
+# Trained by default: the Jukebox route, the recommended prior and the continuous control (more: --priors).
+DEFAULT_PRIORS = ("codes", RECOMMENDED, "frames")
 # Clip embeddings from several layers, offered to the probe beside each single layer (HEAR-style).
 COMBINED = ("mean of layers", "concat of layers")
 
@@ -207,7 +212,8 @@ def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bo
         times[f"prior_{name}"] = time.time() - t
 
     # the random-weights control: the codes -> codes prior's config, never trained
-    random_run = load_config(PriorRunConfig, "small", PRIORS["codes"][0] + list(prior_overrides), kind="prior")
+    random_runs = {name: load_config(PriorRunConfig, "small", PRIORS[name][0] + list(prior_overrides), kind="prior")
+                   for name in RANDOM}
 
     def budget(r: PriorRunConfig) -> dict:
         return {**{k: getattr(r.model, k) for k in ("dim", "layers", "heads", "mlp", "max_len")},
@@ -215,7 +221,7 @@ def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bo
     same = budget(runs["frames"])
     assert all(budget(r) == same for r in runs.values()), "the priors must get equal compute"
     return {"tokenizer": to_dict(tok_run), "priors": {k: to_dict(v) for k, v in runs.items()}, "equal_compute": same,
-            "random": random_run.model}
+            "random": {name: r.model for name, r in random_runs.items()}}
 
 
 # -- features -------------------------------------------------------------------------------------------
@@ -231,19 +237,25 @@ def pooled(emb: Embedder, inputs: list[np.ndarray], batch: int = 32) -> list[np.
     return [np.stack([o[j].numpy() for o in out]).astype(np.float32) for j in range(len(out[0]))]
 
 
-def features(out: Path, paths: list[Path], seed: int, times: dict, priors: tuple[str, ...], random_cfg: PriorConfig
-             ) -> tuple[dict[str, np.ndarray | list[np.ndarray]], list[str]]:
+def features(out: Path, paths: list[Path], seed: int, times: dict, priors: tuple[str, ...],
+             random_cfgs: dict[str, PriorConfig]) -> tuple[dict[str, np.ndarray | list[np.ndarray]], list[str]]:
     """Every row of the table for these clips: name -> `(N, D)`, or for the priors a list of `(N, D_i)`
     candidates (each layer, then `COMBINED`); plus the priors' candidate names."""
     tok = load_tokenizer(out / "tokenizer")
     embs = {name: Embedder.from_pretrained(out / "tokenizer", out / f"prior_{name}") for name in priors}
-    torch.manual_seed(seed)
-    random_prior = Embedder(tok, build_prior_for_store(random_cfg, TokenStore(out / "store")))
+    store = TokenStore(out / "store")
+    randoms = {}
+    for name, cfg in random_cfgs.items():
+        torch.manual_seed(seed)
+        randoms[name] = Embedder(tok, build_prior_for_store(cfg, store))
     t = time.time()
     inputs = {name: [emb.inputs_from_file(p) for p in paths] for name, emb in embs.items()}
-    codes = inputs["codes"] if "codes" in inputs else [random_prior.inputs_from_file(p) for p in paths]
+    for name, emb in randoms.items():
+        if name not in inputs:
+            inputs[name] = [emb.inputs_from_file(p) for p in paths]
     feats = {PRIORS[name][1]: pooled(emb, inputs[name]) for name, emb in embs.items()}
-    feats[RANDOM_ROW] = pooled(random_prior, codes)
+    feats.update({RANDOM[name]: pooled(emb, inputs[name]) for name, emb in randoms.items()})
+    codes = inputs["codes"]
     feats["bag of codes"] = np.stack([bag_of_codes(c, tok.codebook_size) for c in codes])
     times["embed"] = times.get("embed", 0.0) + time.time() - t
     t = time.time()
@@ -251,7 +263,7 @@ def features(out: Path, paths: list[Path], seed: int, times: dict, priors: tuple
     feats.update({"mfcc+delta mean/std": hand["mfcc"], "log-mel mean/std": hand["logmel"],
                   "chroma (CQT) mean/std": hand["chroma"]})
     times["baselines"] = times.get("baselines", 0.0) + time.time() - t
-    return feats, random_prior.layer_names + list(COMBINED)
+    return feats, randoms["codes"].layer_names + list(COMBINED)
 
 
 # -- probes ---------------------------------------------------------------------------------------------
@@ -411,8 +423,8 @@ def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = Fa
         times: dict[str, float] = {}
         configs = pretrain(suite, work, sizes, seed, progress, times, prior_overrides, priors, tokenizer_overrides)
         store = TokenStore(work / "store")
-        random_cfg = configs.pop("random")
-        feats = {ps.name: features(work, probe_files[ps.name], seed, times, priors, random_cfg)
+        random_cfgs = configs.pop("random")
+        feats = {ps.name: features(work, probe_files[ps.name], seed, times, priors, random_cfgs)
                  for ps in suite.probe_sets}
         t = time.time()
         cells += probe_suite(suite, feats, sizes, seed, probes)

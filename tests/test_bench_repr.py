@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from musetok.cli import main
-from musetok.evaluation.bench_repr import check_disjoint
+from musetok.evaluation.bench_repr import RANDOM, check_disjoint
 from musetok.shared.errors import UserError
 from tests.conftest import tone, write
 
@@ -28,7 +28,7 @@ def test_quick_bench_writes_the_table_with_mean_and_std(bench):
     cells = {(c["task"], c["features"]): c for c in json.loads((bench / "bench.json").read_text())["cells"]}
     tasks = ["instrument", "pitch", "instrument (unseen program)", "key", "tempo", "melody instrument"]
     features = ["prior: codes -> codes (mlm)", "prior: frames -> random-projection codes (BEST-RQ)",
-                "prior: frames -> frames (masked_frames)", "random-weights prior (codes -> codes)", "bag of codes",
+                "prior: frames -> frames (masked_frames)", *RANDOM.values(), "bag of codes",
                 "mfcc+delta mean/std", "log-mel mean/std", "chroma (CQT) mean/std"]
     assert {r["task"] for r in rows} == set(tasks) and {r["features"] for r in rows} == set(features)
     for t in tasks:
@@ -56,7 +56,7 @@ def test_prior_settings_apply_to_every_prior_alike(bench):
     assert set(priors) == {"codes", "frames_random", "frames"}  # frames is always trained
     assert {p["model"]["mask_span"] for p in priors.values()} == {3}
     assert {(p["model"]["objective"], p["model"]["inputs"], p["model"]["targets"]) for p in priors.values()} == {
-        ("mlm", "codes", ""), ("mlm", "frames", "random"), ("masked_frames", "frames", "")}
+        ("mlm", "codes", "codes"), ("mlm", "frames", "random"), ("masked_frames", "frames", "frames")}
     assert record["suites"]["synthetic"]["configs"]["tokenizer"]["model"]["codebook_size"] == 64
     assert main(["bench-repr", "--quick", "--out", str(bench), "--priors", "nope"]) == 2
 
@@ -119,3 +119,15 @@ def test_demo_is_the_benchmark_at_demo_size(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "--quiet"]) == 0
     assert [c["sizes"] for c in calls] == [DEMO, QUICK] and all("data" not in c for c in calls)
     assert "table" in capsys.readouterr().out
+
+
+def test_the_recommended_prior_is_what_the_small_config_ships():
+    """The benchmark's recommended row is the `small` prior as shipped: its settings are small.yaml's."""
+    from musetok.evaluation.bench_repr import PRIORS, RECOMMENDED
+    from musetok.prior.train import PriorRunConfig
+    from musetok.shared.config import load_config
+    shipped = load_config(PriorRunConfig, "small", kind="prior").model
+    assert RECOMMENDED in RANDOM
+    for setting in PRIORS[RECOMMENDED][0]:
+        key, value = setting.removeprefix("model.").split("=")
+        assert str(getattr(shipped, key)) == value, setting

@@ -46,7 +46,8 @@ def store(tmp_path_factory, trained_tokenizer):
 
     root = tmp_path_factory.mktemp("ddp")
     audio = make_corpus(root / "audio", n=8, seconds=5.0)
-    tokenize_corpus(load_tokenizer(trained_tokenizer), audio, root / "store", workers=0, progress=False)
+    tokenize_corpus(load_tokenizer(trained_tokenizer), audio, root / "store", workers=0, progress=False,
+                    with_frames=True)
     return root / "store"
 
 
@@ -57,10 +58,13 @@ def test_prior_two_processes_equal_one(tmp_path, store):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun worker (OMP_NUM_THREADS=1): same float summation order
     try:
-        train_prior(load_config(PriorRunConfig, None, overrides), store, tmp_path / "one", progress=False)
+        # the `small` recipe (frames -> codes + frames), as `pretrain` runs it by default
+        train_prior(load_config(PriorRunConfig, "small", overrides, kind="prior"), store, tmp_path / "one",
+                    progress=False)
     finally:
         torch.set_num_threads(threads)
-    torchrun(["pretrain", "--store", str(store), "--out", str(tmp_path / "two"), "--quiet", *sets(overrides)],
+    torchrun(["pretrain", "--config", "small", "--store", str(store), "--out", str(tmp_path / "two"), "--quiet",
+              *sets(overrides)],
              {"MUSETOK_RANK_STATE_DIR": str(tmp_path / "ranks")})
     one = load_file(str(tmp_path / "one" / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "model.safetensors"))
