@@ -3,7 +3,7 @@ dev kit when it is there ($DEV_DATA, else ~/musetok-dev-data; build it with ../s
 
     .venv/bin/python benchmarks/bench_repr.py [--out bench-out/repr] [--quick] [any bench-repr option]
 
-The default run takes about 25 minutes on 2 cores (both suites, the `small` configs).
+The default run takes about 45 minutes on 2 cores (both suites, three priors of 2000 steps: the `small` configs).
 """
 
 import os

@@ -206,3 +206,17 @@ def test_folders_saved_before_a_setting_existed_keep_their_id(tmp_path, trained_
     del cfg["config"]["mel"]["scale"]
     (old / "config.json").write_text(json.dumps(cfg))
     assert load_tokenizer(old).tokenizer_id == load_tokenizer(trained_tokenizer).tokenizer_id
+
+
+def test_semitone_tokenizer_decodes_to_audio():
+    """`decode` inverts the tokenizer's own filterbank: a semitone tokenizer decodes to audio of the clip's
+    length (untrained weights: only the path is checked, not the sound)."""
+    from musetok.tokenizer.builder import build_tokenizer
+    from musetok.tokenizer.decode import codes_to_audio
+    run = load_config(TokenizerRunConfig, None, TINY_TOKENIZER + ["model.mel.scale=semitone", "model.mel.n_fft=2048",
+                                                                  "model.mel.n_mels=80"])
+    model = build_tokenizer(run.model).eval()
+    codes = np.zeros((1, 50), dtype=np.int64)
+    wave = codes_to_audio(model, codes, n_iter=2)
+    hop = run.model.mel.hop_length * run.model.downsample
+    assert wave.ndim == 1 and abs(len(wave) - 50 * hop) <= hop and np.isfinite(wave).all()

@@ -1,7 +1,8 @@
 """Codes -> audio, so a user can listen to what the codes keep.
 
-Mel tokenizers decode to log-mel, then to audio with Griffin-Lim (librosa's `mel_to_audio`);
-waveform tokenizers decode straight to audio.
+Spectrogram tokenizers decode to the log spectrogram, invert its filterbank (mel: non-negative least
+squares, as librosa's `mel_to_audio`; semitone: the pseudo-inverse, clipped at 0) and recover a waveform
+with Griffin-Lim; waveform tokenizers decode straight to audio.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from musetok.shared.audio import write_audio
 from musetok.shared.errors import UserError
+from musetok.shared.mel import semitone_filterbank
 from musetok.shared.token_store import StoreEntry, TokenStore
 from musetok.tokenizer.base import Tokenizer
 from musetok.tokenizer.builder import load_tokenizer
@@ -28,9 +30,16 @@ def codes_to_audio(model: Tokenizer, codes: np.ndarray, n_iter: int = 32) -> np.
         return out[0].astype(np.float32)
     m = model.cfg.mel
     power = np.maximum(np.exp(out) - m.log_eps, 0.0)
-    wave = librosa.feature.inverse.mel_to_audio(power, sr=m.sample_rate, n_fft=m.n_fft, hop_length=m.hop_length,
-                                                fmin=m.f_min, fmax=m.f_max, power=2.0, n_iter=n_iter,
-                                                center=True, pad_mode="constant")
+    if m.scale == "semitone":
+        # pseudo-inverse, clipped at 0: librosa's nnls (scipy's L-BFGS-B) crashed here on the FFT bins above
+        # the top band, which no band covers
+        stft_power = np.maximum(np.linalg.pinv(semitone_filterbank(m)) @ power, 0.0)
+    else:
+        fb = librosa.filters.mel(sr=m.sample_rate, n_fft=m.n_fft, n_mels=m.n_mels, fmin=m.f_min, fmax=m.f_max)
+        stft_power = librosa.util.nnls(fb, power)
+    magnitude = np.sqrt(stft_power)  # (1 + n_fft // 2, T)
+    wave = librosa.griffinlim(magnitude, n_iter=n_iter, hop_length=m.hop_length, n_fft=m.n_fft, center=True,
+                              pad_mode="constant")
     peak = float(np.abs(wave).max()) if wave.size else 0.0
     return (wave / peak * 0.9 if peak > 1.0 else wave).astype(np.float32)
 
