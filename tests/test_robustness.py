@@ -84,7 +84,8 @@ def test_kill9_during_training_then_resume_matches_uninterrupted(tmp_path, what,
     else:
         from musetok.tokenizer import load_tokenizer
         from musetok.tokenizer.encode_corpus import tokenize_corpus
-        tokenize_corpus(load_tokenizer(trained_tokenizer), corpus, tmp_path / "store", workers=0, progress=False)
+        tokenize_corpus(load_tokenizer(trained_tokenizer), corpus, tmp_path / "store", workers=0, progress=False,
+                        with_frames=True)  # the default (small) prior reads frames
         src = ["--store", str(tmp_path / "store")]
         over = TINY_PRIOR + ["train.steps=150", "train.checkpoint_every=10"]
     run(cli(what, *src, "--out", str(tmp_path / "full"), "--quiet", *sets(over)))
