@@ -176,7 +176,8 @@ def test_waveform_tokenizer_trains_tokenizes_and_decodes(tmp_path, corpus):
             "model.codebook_size=16", "model.res_blocks=1", "train.batch_size=4", "train.segment_seconds=0.5",
             "train.steps=40", "train.warmup_steps=5", "train.log_every=5", "train.valid_every=20",
             "train.checkpoint_every=40"]
-    args = ["train-tokenizer", "--audio", str(corpus), "--out", str(tmp_path / "tok"), "--quiet"]
+    args = ["train-tokenizer", "--config", "waveform_small", "--audio", str(corpus), "--out", str(tmp_path / "tok"),
+            "--quiet"]
     for s in over:
         args += ["--set", s]
     assert main(args) == 0
