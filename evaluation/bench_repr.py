@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import time
 from collections import Counter
@@ -187,6 +188,21 @@ def read_rows(labels: Path) -> list[dict]:
 
 
 # -- pretraining ----------------------------------------------------------------------------------------
+RUN_RECORD = "bench_run.json"  # the run config a model in the benchmark's folder was trained with
+
+
+def reuse(folder: Path, run) -> bool:
+    """True when `folder` holds a model trained by this benchmark with exactly `run` (an interrupted or repeated
+    run picks it up); False when there is none. A model trained with other settings is refused, never reused."""
+    if not (folder / "model.safetensors").exists():
+        return False
+    record = folder / RUN_RECORD
+    if not record.exists() or json.loads(record.read_text()) != json.loads(json.dumps(to_dict(run))):
+        raise UserError(f"{folder}: holds a model trained with other settings than this run's; use another --out "
+                        "or remove that folder")
+    return True
+
+
 def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bool, times: dict,
              prior_overrides: list[str] = (), priors: tuple[str, ...] = DEFAULT_PRIORS,
              tokenizer_overrides: list[str] = ()) -> dict:
@@ -194,8 +210,12 @@ def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bo
     t = time.time()
     tok_over = [f"train.seed={seed}"] + ([f"train.steps={sizes.tokenizer_steps}"] if sizes.tokenizer_steps else [])
     tok_run = load_config(TokenizerRunConfig, "small", tok_over + list(tokenizer_overrides), kind="tokenizer")
-    if not (out / "tokenizer" / "model.safetensors").exists():
+    if not reuse(out / "tokenizer", tok_run):
+        stale = [p for p in out.glob("prior_*") if (p / "model.safetensors").exists()]
+        if stale:
+            raise UserError(f"{stale[0]}: a prior trained on another tokenizer; use another --out or remove it")
         train_tokenizer(tok_run, suite.pretrain, out / "tokenizer", progress=progress)
+        write_json(out / "tokenizer" / RUN_RECORD, to_dict(tok_run))
     times["tokenizer"] = time.time() - t
     t = time.time()
     tokenize_corpus(load_tokenizer(out / "tokenizer"), suite.pretrain, out / "store", progress=progress,
@@ -207,8 +227,9 @@ def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bo
         over = PRIORS[name][0] + [f"train.seed={seed}"]
         over += [f"train.steps={sizes.prior_steps}"] if sizes.prior_steps else []
         runs[name] = load_config(PriorRunConfig, "small", over + list(prior_overrides), kind="prior")
-        if not (out / f"prior_{name}" / "model.safetensors").exists():
+        if not reuse(out / f"prior_{name}", runs[name]):
             train_prior(runs[name], out / "store", out / f"prior_{name}", progress=progress)
+            write_json(out / f"prior_{name}" / RUN_RECORD, to_dict(runs[name]))
         times[f"prior_{name}"] = time.time() - t
 
     # the random-weights control: the codes -> codes prior's config, never trained

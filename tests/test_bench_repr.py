@@ -131,3 +131,14 @@ def test_the_recommended_prior_is_what_the_small_config_ships():
     for setting in PRIORS[RECOMMENDED][0]:
         key, value = setting.removeprefix("model.").split("=")
         assert str(getattr(shipped, key)) == value, setting
+
+
+def test_a_model_trained_with_other_settings_is_refused_not_reused(bench, tmp_path, capsys):
+    """Rerunning into the same folder reuses models trained with the same settings; one trained with other
+    settings (an older demo, another --set) stops the run with a one-line error instead of being reused."""
+    out = tmp_path / "again"
+    shutil.copytree(bench, out)
+    args = ["bench-repr", "--quick", "--out", str(out), "--quiet", "--set", "model.mask_span=3",
+            "--priors", "codes,frames_random", "--tokenizer-set", "model.codebook_size=64"]
+    assert main(args + ["--set", "model.mask_rate=0.5"]) == 2
+    assert "prior_codes: holds a model trained with other settings" in capsys.readouterr().err
