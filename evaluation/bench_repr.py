@@ -252,8 +252,9 @@ def pooled(emb: Embedder, inputs: list[np.ndarray], batch: int = 32) -> list[np.
     out = []
     for i in range(0, len(inputs), batch):
         for e in emb.embed_inputs(inputs[i:i + batch]):
-            per_layer = e.pooled(POOL)  # (L, 2D)
-            mean = e.stacked().mean(1)  # (T, D)
+            x = e.stacked()  # (T, L, D), once for both
+            per_layer = torch.cat([x.mean(0), x.std(0, unbiased=False)], dim=-1)  # (L, 2D), as e.pooled("meanstd")
+            mean = x.mean(1)  # (T, D): the frame-wise mean of the layers
             out.append([*per_layer, torch.cat([mean.mean(0), mean.std(0, unbiased=False)]), per_layer.flatten()])
     return [np.stack([o[j].numpy() for o in out]).astype(np.float32) for j in range(len(out[0]))]
 
