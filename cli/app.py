@@ -138,6 +138,15 @@ def cmd_bundle(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_relabel(a: argparse.Namespace) -> int:
+    from musetok.embedding.relabel import relabel_store
+
+    r = relabel_store(a.prior, a.store, a.out, layer=a.layer, codes=a.codes, fit_frames=a.fit_frames, seed=a.seed)
+    print(f"relabel -> {r.out}: {r.files} files written; codes {r.source}, {100 * r.usage:.0f}% of them used, "
+          f"k-means inertia {r.inertia:.4f}")
+    return 0
+
+
 def cmd_merge_store(a: argparse.Namespace) -> int:
     from musetok.shared.token_store import TokenStore, merge_indexes
 
@@ -258,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer-set", dest="tokenizer_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a tokenizer setting, e.g. model.num_codebooks=4 (repeatable)")
     s.add_argument("--priors", default="codes,frames_codes_aux,frames",
-                   help="which priors to train, of codes, frames_codes, frames_random, frames_codes_aux, frames "
-                        "(the frames control always is)")
+                   help="which priors to train, of codes, frames_codes, frames_random, frames_codes_aux, "
+                        "frames_kmeans (second round: trains frames_codes_aux first), frames (the frames control "
+                        "always is)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_bench_repr)
@@ -272,6 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--combine", choices=["concat", "mean"], default="concat",
                    help="how the chosen layers are combined (default concat)")
     s.set_defaults(fn=cmd_bundle)
+
+    s = sub.add_parser("relabel", help="second-round codes (HuBERT): k-means on a trained prior's layer, written as a "
+                                       "new token store with the same frames, for `pretrain` with model.inputs=frames")
+    s.add_argument("--prior", required=True, help="trained prior folder whose states are clustered")
+    s.add_argument("--store", required=True, help="the token store (with frames) the prior was trained on")
+    s.add_argument("--out", required=True, help="the new token store (continued if it exists)")
+    s.add_argument("--layer", default=None, help="layer number or name (default: the middle block)")
+    s.add_argument("--codes", type=int, default=512, help="k-means centroids, the new codebook size (default 512)")
+    s.add_argument("--fit-frames", type=int, default=100_000, help="states sampled to fit k-means (default 100000)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_relabel)
 
     s = sub.add_parser("merge-store", help="fold the index files of sharded tokenize runs into one index")
     s.add_argument("store")

@@ -77,6 +77,46 @@ def windows(t: int, win: int) -> list[tuple[int, int, int]]:
     return [(s, lo, hi) for s, lo, hi in zip(starts, bounds, bounds[1:]) if hi > lo]
 
 
+def _collate(prior: Prior, inputs: list, group: list[tuple], t: int, device):
+    """Windows `(input, start, length, ...)` of prior inputs -> one padded model input of `t` frames."""
+    cfg = prior.cfg
+    codes = frames = None
+    for j, (i, s, n, _, _) in enumerate(group):
+        c, f = split_input(cfg, inputs[i])
+        if c is not None:
+            if codes is None:
+                codes = torch.zeros(len(group), c.shape[0], t, dtype=torch.long)
+            codes[j, :, :n] = torch.from_numpy(np.asarray(c[:, s:s + n], dtype=np.int64))
+        if f is not None:
+            if frames is None:
+                frames = torch.zeros(len(group), t, f.shape[1])
+            frames[j, :n] = torch.from_numpy(np.asarray(f[s:s + n], dtype=np.float32))
+    return join_input(cfg, *(None if v is None else v.to(device) for v in (codes, frames)))
+
+
+@torch.no_grad()
+def prior_states(prior: Prior, inputs: list, batch_size: int = 16) -> list[list[torch.Tensor]]:
+    """Prior inputs (as `prior.cfg.input_kind` says) -> per input, every layer's `(T, D)` float32 states (on the
+    CPU), read in the overlapping windows the module doc describes."""
+    win, device = prior.cfg.max_len, next(prior.parameters()).device
+    jobs = []  # (input index, window start, window length, core start, core stop)
+    for i, x in enumerate(inputs):
+        c, f = split_input(prior.cfg, x)
+        t = c.shape[1] if c is not None else f.shape[0]
+        jobs += [(i, s, min(win, t), lo, hi) for s, lo, hi in windows(t, win)]
+    outs: list[list[list[torch.Tensor]]] = [[] for _ in inputs]  # per input: cores of per-layer states
+    for b0 in range(0, len(jobs), batch_size):
+        group = jobs[b0:b0 + batch_size]
+        t = max(n for _, _, n, _, _ in group)
+        x = _collate(prior, inputs, group, t, device)
+        lengths = torch.tensor([n for _, _, n, _, _ in group])
+        valid = torch.arange(t)[None] < lengths[:, None]
+        states = prior(x, valid.to(device), output_hidden_states=True).hidden_states
+        for j, (i, s, _, lo, hi) in enumerate(group):
+            outs[i].append([h[j, lo - s:hi - s].float().cpu() for h in states])
+    return [[torch.cat([w[layer] for w in ws]) for layer in range(len(prior.layer_names))] for ws in outs]
+
+
 class Embedder:
     def __init__(self, tokenizer: Tokenizer, prior: Prior, batch_size: int = 16):
         self.tokenizer, self.prior, self.batch_size = tokenizer.eval(), prior.eval(), batch_size
@@ -121,45 +161,12 @@ class Embedder:
         mono = to_mono_resampled(wave, sample_rate, self.tokenizer.sample_rate)
         return self._from_features([self.fz.array(mono)])
 
-    def _collate(self, inputs: list, group: list[tuple], t: int):
-        """Windows `(input, start, length, ...)` of prior inputs -> one padded model input of `t` frames."""
-        cfg = self.prior.cfg
-        codes = frames = None
-        for j, (i, s, n, _, _) in enumerate(group):
-            c, f = split_input(cfg, inputs[i])
-            if c is not None:
-                if codes is None:
-                    codes = torch.zeros(len(group), c.shape[0], t, dtype=torch.long)
-                codes[j, :, :n] = torch.from_numpy(np.asarray(c[:, s:s + n], dtype=np.int64))
-            if f is not None:
-                if frames is None:
-                    frames = torch.zeros(len(group), t, f.shape[1])
-                frames[j, :n] = torch.from_numpy(np.asarray(f[s:s + n], dtype=np.float32))
-        return join_input(cfg, *(None if v is None else v.to(self.device) for v in (codes, frames)))
-
     # -- the prior ---------------------------------------------------------------------------------
-    @torch.no_grad()
     def embed_inputs(self, inputs: list) -> list[Embedding]:
         """Prior inputs (codes `(K, T)`, frames `(T, F)` or both, as `prior.cfg.input_kind` says) -> one
         Embedding each."""
-        win = self.prior.cfg.max_len
-        jobs = []  # (input index, window start, window length, core start, core stop)
-        for i, x in enumerate(inputs):
-            c, f = split_input(self.prior.cfg, x)
-            t = c.shape[1] if c is not None else f.shape[0]
-            jobs += [(i, s, min(win, t), lo, hi) for s, lo, hi in windows(t, win)]
-        outs: list[list[list[torch.Tensor]]] = [[] for _ in inputs]  # per input: cores of per-layer states
-        for b0 in range(0, len(jobs), self.batch_size):
-            group = jobs[b0:b0 + self.batch_size]
-            t = max(n for _, _, n, _, _ in group)
-            x = self._collate(inputs, group, t)
-            lengths = torch.tensor([n for _, _, n, _, _ in group])
-            valid = torch.arange(t)[None] < lengths[:, None]
-            states = self.prior(x, valid.to(self.device), output_hidden_states=True).hidden_states
-            for j, (i, s, _, lo, hi) in enumerate(group):
-                outs[i].append([h[j, lo - s:hi - s].float().cpu() for h in states])
-        return [Embedding([torch.cat([w[layer] for w in ws]) for layer in range(len(self.layer_names))],
-                          self.layer_names, self.frame_rate) for ws in outs]
+        return [Embedding(states, self.layer_names, self.frame_rate)
+                for states in prior_states(self.prior, inputs, self.batch_size)]
 
     def embed(self, waveform: np.ndarray | torch.Tensor, sample_rate: int) -> Embedding:
         """A waveform at any rate, `(N,)`, `(C, N)` or `(N, C)` -> Embedding."""

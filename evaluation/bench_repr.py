@@ -6,7 +6,8 @@ For each suite (the synthetic one always; the real-music dev kit when `--data` p
    spectrogram frames), and `small` priors with the same steps, batch, width, depth and context (checked,
    and stated in the table). By default three (`DEFAULT_PRIORS`): the recommended `small` prior (frames ->
    codes + frames), codes -> codes (`mlm`, the Jukebox route) and frames -> frames (the continuous
-   `masked_frames` control); `--priors` adds frames -> codes and frames -> BEST-RQ random-projection codes;
+   `masked_frames` control); `--priors` adds frames -> codes, frames -> BEST-RQ random-projection codes and
+   frames -> second-round codes (HuBERT: k-means on the trained recommended prior's middle layer);
 2. probe sets whose audio the tokenizer, its normaliser and the priors never saw (checked by path and
    by content hash: the benchmark refuses to run otherwise);
 3. rows, all pooled over time the same way (mean and standard deviation, `meanstd`): every prior per
@@ -38,6 +39,7 @@ import torch
 from musetok.demo.corpus import DemoCorpusConfig, make_demo_corpus
 from musetok.demo.notes import NoteSetConfig, make_note_set
 from musetok.embedding import Embedder
+from musetok.embedding.relabel import relabel_store
 from musetok.evaluation.baselines import bag_of_codes, handcrafted_features
 from musetok.evaluation.evaluate import slug
 from musetok.evaluation.probe import PRIMARY, Labels, make_split, probe_layers
@@ -64,10 +66,14 @@ PRIORS = {name: ([f"model.objective={o}", f"model.inputs={i}", f"model.targets={
     "frames_codes": ("mlm", "frames", "codes", 0.0, "prior: frames -> codes (mlm)"),
     "frames_random": ("mlm", "frames", "random", 0.0, "prior: frames -> random-projection codes (BEST-RQ)"),
     "frames_codes_aux": ("mlm", "frames", "codes", 1.0, "prior: frames -> codes + frames (mlm, MERT-style)"),
+    "frames_kmeans": ("mlm", "frames", "codes", 1.0, "prior: frames -> second-round codes + frames (HuBERT)"),
     "frames": ("masked_frames", "frames", "frames", 0.0, "prior: frames -> frames (masked_frames)"),
 }.items()}
 # The prior the `small` configs ship (configs/prior/small.yaml; checked by the tests).
 RECOMMENDED = "frames_codes_aux"
+# HuBERT's second round: the recommended prior again, its code targets replaced by k-means on the middle layer of
+# the trained recommended prior (`musetok relabel`). Same steps, but it needs the first round trained first.
+SECOND_ROUND = "frames_kmeans"
 # The random-weights controls: the same priors, never trained (the opponents small models must beat).
 RANDOM = {"codes": "random-weights prior (codes -> codes)",
           RECOMMENDED: "random-weights prior (" + PRIORS[RECOMMENDED][1].split(": ", 1)[1] + ")"}
@@ -227,8 +233,14 @@ def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bo
         over = PRIORS[name][0] + [f"train.seed={seed}"]
         over += [f"train.steps={sizes.prior_steps}"] if sizes.prior_steps else []
         runs[name] = load_config(PriorRunConfig, "small", over + list(prior_overrides), kind="prior")
+        store = out / "store"
+        if name == SECOND_ROUND:  # its codes: k-means on the first round's middle layer, as many as the tokenizer's
+            store = out / "store_kmeans"
+            relabel_store(out / f"prior_{RECOMMENDED}", out / "store", store,
+                          codes=TokenStore(out / "store").meta.codebook_size, seed=seed)
+            times["relabel"] = time.time() - t
         if not reuse(out / f"prior_{name}", runs[name]):
-            train_prior(runs[name], out / "store", out / f"prior_{name}", progress=progress)
+            train_prior(runs[name], store, out / f"prior_{name}", progress=progress)
             write_json(out / f"prior_{name}" / RUN_RECORD, to_dict(runs[name]))
         times[f"prior_{name}"] = time.time() - t
 
@@ -417,6 +429,8 @@ def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = Fa
     if unknown:
         raise UserError(f"--priors: unknown prior '{unknown[0]}' (known: {', '.join(PRIORS)})")
     priors = tuple(dict.fromkeys([*priors, "frames"]))
+    if SECOND_ROUND in priors:  # its first round comes first
+        priors = tuple(dict.fromkeys([p for p in priors if p != SECOND_ROUND] + [RECOMMENDED, SECOND_ROUND]))
     t0 = time.time()
     out = Path(out)
     sizes = sizes or (QUICK if quick else FULL)

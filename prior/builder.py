@@ -19,7 +19,8 @@ FORMAT_VERSION = 1
 def bind_to_store(cfg: PriorConfig, meta: StoreMeta) -> PriorConfig:
     """A copy of `cfg` with its input/output sizes and tokenizer identity taken from a token store's meta."""
     return replace(cfg, codebook_size=meta.codebook_size, num_codebooks=meta.num_codebooks,
-                   frame_rate=meta.frame_rate, tokenizer_id=meta.tokenizer_id, frame_dim=meta.frames_dim)
+                   frame_rate=meta.frame_rate, tokenizer_id=meta.tokenizer_id, frame_dim=meta.frames_dim,
+                   codes_source=meta.codes_source)
 
 
 def build_prior_for_store(cfg: PriorConfig, store: TokenStore) -> Prior:
@@ -37,15 +38,21 @@ def read_prior_config(folder: str | Path) -> PriorConfig:
     return read_model_config(folder, "musetok-prior", FORMAT_VERSION, "prior config", PriorConfig)[0]
 
 
-def check_tokenizer(cfg: PriorConfig, meta: StoreMeta, where: str | Path) -> None:
+def check_tokenizer(cfg: PriorConfig, meta: StoreMeta, where: str | Path, targets: bool = False) -> None:
     """Refuse codes or frames from a tokenizer other than the one the prior was trained on (given as the
-    meta of a store it wrote, `tokenizer.store_meta()`), saying what differs."""
+    meta of a store it wrote, `tokenizer.store_meta()`), saying what differs. The codes must be the ones it
+    reads (the tokenizer's own); with `targets` (resuming training) also the ones it predicts."""
     pairs = [("tokenizer_id", cfg.tokenizer_id, meta.tokenizer_id), ("frame_rate", cfg.frame_rate, meta.frame_rate)]
-    if cfg.uses_codes:
-        pairs += [("codebook_size", cfg.codebook_size, meta.codebook_size),
+    if cfg.reads_codes or (targets and cfg.target_kind == "codes"):
+        pairs += [("codes_source", "" if not targets else cfg.codes_source, meta.codes_source),
+                  ("codebook_size", cfg.codebook_size, meta.codebook_size),
                   ("num_codebooks", cfg.num_codebooks, meta.num_codebooks)]
     for key, want, got in pairs:
         if want != got:
+            if key == "codes_source" and not targets:
+                raise CheckpointError(f"{where}: holds second-round codes ({got}); this prior reads the tokenizer's "
+                                      "codes (a prior can predict second-round codes, model.inputs=frames, but "
+                                      "not read them: no tokenizer turns new audio into them)")
             raise CheckpointError(f"{where}: prior was trained on tokenizer {cfg.tokenizer_id} but got tokenizer "
                                   f"{meta.tokenizer_id} ({key}: {want!r} != {got!r})")
 

@@ -54,6 +54,7 @@ class PriorConfig:
     frame_dim: int = 0              # continuous objectives: size of one (stacked, normalised) mel frame
     tokenizer_id: str = ""
     frame_rate: float = 0.0
+    codes_source: str = ""          # "": the tokenizer's codes; else second-round codes (`musetok relabel`)
 
     def __post_init__(self):
         check(self.dim % self.heads == 0, "model.dim", f"must be divisible by model.heads ({self.heads})")

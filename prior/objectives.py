@@ -25,12 +25,13 @@ from musetok.shared.io import unwrap
 
 @dataclass
 class LossOutput:
-    """loss: scalar; targets: how many frames it averages over; correct: codes predicted right
-    (discrete objectives; counted over frames x codebooks)."""
+    """loss: scalar; targets: how many frames it averages over; correct: codes predicted right and
+    cross_entropy: the code part of the loss (objectives with code targets; the loss less `aux_frames`)."""
 
     loss: torch.Tensor
     targets: int
     correct: int = 0
+    cross_entropy: float = float("nan")
 
 
 def _valid(lengths: torch.Tensor, t: int) -> torch.Tensor:
@@ -84,4 +85,4 @@ def _code_loss(model: Prior, h: torch.Tensor, target: torch.Tensor) -> LossOutpu
     logits = unwrap(model).code_logits(h)  # (N, K, V)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
     correct = int((logits.argmax(-1) == target).sum())
-    return LossOutput(loss, int(target.shape[0]), correct)
+    return LossOutput(loss, int(target.shape[0]), correct, float(loss.detach()))

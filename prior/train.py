@@ -71,8 +71,9 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
     if len(store) == 0:
         raise ConfigError(f"{store_dir}: the token store has no items to train on")
     mc = bind_to_store(run.model, store.meta)
-    if resume:  # the run's checkpoint must come from a store of the same tokenizer
-        check_tokenizer(read_prior_config(out), store.meta, store_dir)
+    check_tokenizer(mc, store.meta, store_dir)  # a prior reads the tokenizer's codes, never second-round ones
+    if resume:  # the run's checkpoint must come from a store of the same tokenizer and codes
+        check_tokenizer(read_prior_config(out), store.meta, store_dir, targets=True)
     r = training.start_run(out, resume, tc)
     out, d, device = r.out, r.dist, r.device
     use_bf16 = tc.dtype == "bfloat16" or (tc.dtype == "auto" and device.type == "cuda")
@@ -111,11 +112,12 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
     def validate() -> dict:
         """On rank 0 only, with the unwrapped model (DDP's forward would wait for the other ranks)."""
         model.eval()
-        total, n, correct = 0.0, 0, 0
+        total, ce, n, correct = 0.0, 0.0, 0, 0
         with torch.no_grad(), autocast or contextlib.nullcontext():
             for b in valid_batches:
                 o = compute_loss(model, b.to(device))
                 total += o.loss.item() * o.targets
+                ce += o.cross_entropy * o.targets
                 n += o.targets
                 correct += o.correct
         model.train()
@@ -125,7 +127,7 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
         if not mc.predicts_codes:
             return {"valid_loss": loss}
         return {"valid_loss": loss, "valid_accuracy": last_valid["accuracy"],
-                "valid_perplexity": math.exp(min(loss, 50))}
+                "valid_perplexity": math.exp(min(ce / max(n, 1), 50))}  # of the codes alone (no aux_frames)
 
     # -- the loop ----------------------------------------------------------------------------------
     step = training.run_steps(tc, r, model, wrapped, opt, train_src, step, stop_at, forward, train_metrics, validate,

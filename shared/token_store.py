@@ -2,7 +2,8 @@
 
 Layout of a store folder:
 
-    meta.json              kind, format_version, tokenizer_id, codebook_size, num_codebooks, frame_rate
+    meta.json              kind, format_version, tokenizer_id, codebook_size, num_codebooks, frame_rate,
+                           codes_source ("" for the tokenizer's own codes; `musetok relabel` writes others)
     shards/<writer>-NNNNN.u16   raw uint16 codes, frame-major: T frames x K codebooks
     shards/<writer>-NNNNN.f16   optional (`tokenize --with-frames`): float16 normalised mel frames,
                                 stacked to the code rate, T x frames_dim, aligned with the codes
@@ -46,6 +47,7 @@ class StoreMeta:
     frame_rate: float
     sample_rate: int = 0
     frames_dim: int = 0          # > 0: the store also holds mel frames (for the continuous baselines)
+    codes_source: str = ""       # "": the tokenizer's codes; else what made them (`musetok relabel`: k-means)
     kind: str = "musetok-token-store"
     format_version: int = FORMAT_VERSION
     dtype: str = "uint16"
@@ -54,7 +56,8 @@ class StoreMeta:
     def check_compatible(self, other: StoreMeta, where: str, frames: bool = True) -> None:
         """Refuse `other` (what a tokenizer would write) unless it is the same tokenizer; `frames`: the mel
         frames' size must match too (when writing into the store)."""
-        keys = ("tokenizer_id", "codebook_size", "num_codebooks", "frame_rate") + (("frames_dim",) if frames else ())
+        keys = ("tokenizer_id", "codes_source", "codebook_size", "num_codebooks", "frame_rate") + \
+            (("frames_dim",) if frames else ())
         for key in keys:
             a, b = getattr(self, key), getattr(other, key)
             if a != b:

@@ -10,7 +10,9 @@ import pytest
 
 from musetok.cli import main
 from musetok.evaluation.bench_repr import RANDOM, check_disjoint
+from musetok.prior.builder import load_prior
 from musetok.shared.errors import UserError
+from musetok.shared.token_store import TokenStore
 from tests.conftest import tone, write
 
 
@@ -18,7 +20,7 @@ from tests.conftest import tone, write
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "repr"
     assert main(["bench-repr", "--quick", "--out", str(out), "--quiet", "--set", "model.mask_span=3",
-                 "--priors", "codes,frames_random", "--tokenizer-set", "model.codebook_size=64"]) == 0
+                 "--priors", "codes,frames_random,frames_kmeans", "--tokenizer-set", "model.codebook_size=64"]) == 0
     return out
 
 
@@ -28,6 +30,8 @@ def test_quick_bench_writes_the_table_with_mean_and_std(bench):
     cells = {(c["task"], c["features"]): c for c in json.loads((bench / "bench.json").read_text())["cells"]}
     tasks = ["instrument", "pitch", "instrument (unseen program)", "key", "tempo", "melody instrument"]
     features = ["prior: codes -> codes (mlm)", "prior: frames -> random-projection codes (BEST-RQ)",
+                "prior: frames -> codes + frames (mlm, MERT-style)",
+                "prior: frames -> second-round codes + frames (HuBERT)",
                 "prior: frames -> frames (masked_frames)", *RANDOM.values(), "bag of codes",
                 "mfcc+delta mean/std", "log-mel mean/std", "chroma (CQT) mean/std"]
     assert {r["task"] for r in rows} == set(tasks) and {r["features"] for r in rows} == set(features)
@@ -53,10 +57,16 @@ def test_prior_settings_apply_to_every_prior_alike(bench):
     record = json.loads((bench / "bench.json").read_text())
     assert record["prior_overrides"] == ["model.mask_span=3"]
     priors = record["suites"]["synthetic"]["configs"]["priors"]
-    assert set(priors) == {"codes", "frames_random", "frames"}  # frames is always trained
+    # frames is always trained; the second round's first round (the recommended prior) before it
+    assert list(priors) == ["codes", "frames_random", "frames", "frames_codes_aux", "frames_kmeans"]
     assert {p["model"]["mask_span"] for p in priors.values()} == {3}
     assert {(p["model"]["objective"], p["model"]["inputs"], p["model"]["targets"]) for p in priors.values()} == {
-        ("mlm", "codes", "codes"), ("mlm", "frames", "random"), ("masked_frames", "frames", "frames")}
+        ("mlm", "codes", "codes"), ("mlm", "frames", "random"), ("masked_frames", "frames", "frames"),
+        ("mlm", "frames", "codes")}
+    # the second round predicts k-means codes of the first round's middle layer, as many as the tokenizer's
+    second = TokenStore(bench / "synthetic" / "store_kmeans").meta
+    assert second.codebook_size == 64 and second.codes_source.endswith(":layer2")
+    assert load_prior(bench / "synthetic" / "prior_frames_kmeans").cfg.codes_source == second.codes_source
     assert record["suites"]["synthetic"]["configs"]["tokenizer"]["model"]["codebook_size"] == 64
     assert main(["bench-repr", "--quick", "--out", str(bench), "--priors", "nope"]) == 2
 
@@ -139,6 +149,6 @@ def test_a_model_trained_with_other_settings_is_refused_not_reused(bench, tmp_pa
     out = tmp_path / "again"
     shutil.copytree(bench, out)
     args = ["bench-repr", "--quick", "--out", str(out), "--quiet", "--set", "model.mask_span=3",
-            "--priors", "codes,frames_random", "--tokenizer-set", "model.codebook_size=64"]
+            "--priors", "codes,frames_random,frames_kmeans", "--tokenizer-set", "model.codebook_size=64"]
     assert main(args + ["--set", "model.mask_rate=0.5"]) == 2
     assert "prior_codes: holds a model trained with other settings" in capsys.readouterr().err

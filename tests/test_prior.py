@@ -366,9 +366,11 @@ def test_aux_frames_adds_the_masked_frame_l1():
     m = Prior(cfg(inputs="frames", aux_frames=0.5))
     codes, frames = torch.randint(0, 16, (2, 2, 20)), torch.randn(2, 20, 12)
     batch = Batch(codes, frames, torch.full((2,), 20), torch.arange(2))
-    with_aux = compute_loss(m, batch).loss
+    out = compute_loss(m, batch)
+    with_aux = out.loss
     m.cfg.aux_frames = 0.0
-    without = compute_loss(m, batch).loss
+    without = compute_loss(m, batch).loss.detach()
+    assert out.cross_entropy == pytest.approx(without.item(), abs=1e-5)  # what the perplexity is taken from
     gens = row_generators(batch.seeds)  # the masking draws, in compute_loss's order
     mask = span_mask(batch.lengths, 20, m.cfg.mask_rate, m.cfg.mask_span, gens)
     f_in = corrupt_frames(frames, mask, batch.lengths, gens)
