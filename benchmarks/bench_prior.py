@@ -1,6 +1,6 @@
 """Stage-2 benchmark: prior training throughput vs Hugging Face BERT and GPT-2, and embedding speed.
 
-    python benchmarks/bench_prior.py [--rounds 5] [--steps 5]
+    python benchmarks/bench_prior.py [--rounds 5] [--steps 5] [--skip-embedding | --embedding-only]
 
 Same width / depth / heads / sequence / batch for every model (default hidden 256, 4 layers,
 4 heads, seq 512, batch 8, vocabulary 512, fp32, no dropout, fused AdamW for all). Models are
@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from musetok.prior.config import PriorConfig
@@ -160,9 +159,8 @@ def bench_embedding() -> None:
         e = emb.embed_file(f)
         total += e.num_frames / e.frame_rate
     dt = time.time() - t
-    print(f"\nembedding (small tokenizer + small prior, audio -> codes -> prior, one file at a time): "
+    print(f"\nembedding (small tokenizer + small prior, audio -> {cfg.input_kind} -> prior, one file at a time): "
           f"{total:.0f} s of audio in {dt:.1f} s = {total / dt:.0f}x real time")
-    _ = np
 
 
 def main() -> None:
@@ -177,8 +175,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-embedding", action="store_true")
+    ap.add_argument("--embedding-only", action="store_true")
     args = ap.parse_args()
-    bench_training(args)
+    if not args.embedding_only:
+        bench_training(args)
     if not args.skip_embedding:
         bench_embedding()
 
