@@ -143,6 +143,7 @@ def bench_embedding() -> None:
     from musetok.prior.train import PriorRunConfig
     from musetok.shared.config import load_config
     from musetok.tokenizer.builder import build_tokenizer
+    from musetok.tokenizer.features import frame_stacker
     from musetok.tokenizer.train import TokenizerRunConfig
 
     torch.set_num_threads(2)
@@ -150,7 +151,8 @@ def bench_embedding() -> None:
     make_demo_corpus(tmp / "audio", DemoCorpusConfig(pieces=24, seconds=20.0))
     tok = build_tokenizer(load_config(TokenizerRunConfig, "small", kind="tokenizer").model).eval()
     cfg = load_config(PriorRunConfig, "small", kind="prior").model
-    prior = Prior(bind_to_store(cfg, tok.store_meta())).eval()  # the prior only needs the store's metadata
+    # the prior only needs the store's metadata (with the frames' size when it reads them)
+    prior = Prior(bind_to_store(cfg, tok.store_meta(frame_stacker(tok).dim if cfg.reads_frames else 0))).eval()
     emb = Embedder(tok, prior)
     files = sorted((tmp / "audio").rglob("*.wav"))
     t = time.time()
