@@ -32,7 +32,7 @@ from musetok.embedding.embedder import prior_states
 from musetok.prior.builder import check_tokenizer, load_prior
 from musetok.prior.model import Prior, join_input
 from musetok.shared.errors import UserError
-from musetok.shared.io import atomic_write_text
+from musetok.shared.io import atomic_write, atomic_write_text
 from musetok.shared.token_store import TokenStore, TokenStoreWriter
 
 log = logging.getLogger("musetok")
@@ -111,6 +111,11 @@ def _fit(prior: Prior, store: TokenStore, cfg: RelabelConfig, layer: int, batch_
     return km.cluster_centers_.astype(np.float32), inertia
 
 
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # np.save on a name would add ".npy" to the temporary file's name
+        np.save(f, array)
+
+
 def _nearest(x: np.ndarray, centroids: torch.Tensor) -> np.ndarray:
     return torch.cdist(torch.from_numpy(x), centroids).argmin(1).numpy()
 
@@ -120,6 +125,8 @@ def relabel_store(prior_dir: str | Path, store_dir: str | Path, out: str | Path,
                   ) -> RelabelResult:
     """Write `out`: `store_dir`'s files and frames with second-round codes (see the module doc)."""
     prior_dir, store, out = Path(prior_dir), TokenStore(store_dir), Path(out)
+    if len(store) == 0:
+        raise UserError(f"{store_dir}: the token store has no items to relabel")
     if not store.has_frames:
         raise UserError(f"{store_dir}: the store has no mel frames; second-round codes are written beside them "
                         "(tokenize with --with-frames)")
@@ -142,11 +149,11 @@ def relabel_store(prior_dir: str | Path, store_dir: str | Path, out: str | Path,
                             "--out or remove it")
         centroids, inertia = np.load(out / CENTROIDS), float(old["inertia"])
     else:
-        if any(out.iterdir()):
+        if any(p.name != CENTROIDS and not p.name.startswith(".") for p in out.iterdir()):  # left by a crash
             raise UserError(f"{out}: not empty and not a relabelled store; use another --out")
         log.info("relabel: k-means (%d codes) on %s of %s over %s", codes, cfg.layer, prior_dir, store.summary())
         centroids, inertia = _fit(prior, store, cfg, index, batch_size)
-        np.save(out / CENTROIDS, centroids)
+        atomic_write(out / CENTROIDS, lambda tmp: _save_npy(tmp, centroids))
         atomic_write_text(record, json.dumps({**asdict(cfg), "inertia": inertia}, indent=1) + "\n")
 
     c = torch.from_numpy(centroids)

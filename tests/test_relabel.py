@@ -61,6 +61,12 @@ def test_rerun_continues_and_other_settings_are_refused(relabelled, store, prior
     with pytest.raises(UserError, match="--layer: unknown layer 'layer9'"):
         relabel_store(prior_dirs["frames_codes"], store, out.parent / "x", layer="layer9", codes=16)
     assert json.loads((out / "relabel.json").read_text())["codes"] == 16
+    # a crash between the centroids and their record: the rerun fits again instead of refusing the folder
+    crashed = out.parent / "crashed"
+    crashed.mkdir()
+    (crashed / "centroids.npy").write_bytes(b"torn")
+    assert relabel_store(prior_dirs["frames_codes"], store, crashed, codes=16, fit_frames=2000).files == len(before)
+    assert np.load(crashed / "centroids.npy").shape == (16, 64)
 
 
 def test_a_frames_prior_learns_them_and_embeds_with_the_first_tokenizer(relabelled, trained_tokenizer, tmp_path,
