@@ -18,7 +18,6 @@ reads codes is refused on STORE2 (`StoreMeta.codes_source` says where the codes 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, replace
@@ -32,7 +31,7 @@ from musetok.embedding.embedder import prior_states
 from musetok.prior.builder import check_tokenizer, load_prior
 from musetok.prior.model import Prior, join_input
 from musetok.shared.errors import UserError
-from musetok.shared.io import atomic_write, atomic_write_text
+from musetok.shared.io import atomic_write, atomic_write_text, file_sha1
 from musetok.shared.token_store import TokenStore, TokenStoreWriter
 
 log = logging.getLogger("musetok")
@@ -73,14 +72,6 @@ def pick_layer(prior: Prior, layer: str | int | None) -> str:
     if str(layer) in names:
         return str(layer)
     raise UserError(f"--layer: unknown layer '{layer}' (layers are 0..{len(names) - 1}: {', '.join(names)})")
-
-
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _states(prior: Prior, store: TokenStore, items: list[int], layer: int, batch_size: int) -> list[np.ndarray]:
@@ -134,7 +125,7 @@ def relabel_store(prior_dir: str | Path, store_dir: str | Path, out: str | Path,
         raise UserError(f"--codes: must be in 2..65535 (got {codes})")
     prior = load_prior(prior_dir)
     check_tokenizer(prior.cfg, store.meta, store_dir)
-    cfg = RelabelConfig(str(prior_dir), _sha1(prior_dir / "model.safetensors"), pick_layer(prior, layer), codes,
+    cfg = RelabelConfig(str(prior_dir), file_sha1(prior_dir / "model.safetensors"), pick_layer(prior, layer), codes,
                         fit_frames, seed)
     index = prior.layer_names.index(cfg.layer)
     meta = replace(store.meta, codebook_size=codes, num_codebooks=1, codes_source=cfg.source)

@@ -25,7 +25,6 @@ split), OUT/bench.json (everything, with file hashes) and OUT/layers_<suite>_<ta
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import time
@@ -49,7 +48,7 @@ from musetok.prior.train import PriorRunConfig, train_prior
 from musetok.shared.audio import list_audio
 from musetok.shared.config import load_config, to_dict
 from musetok.shared.errors import UserError
-from musetok.shared.io import write_json
+from musetok.shared.io import file_sha1, write_json
 from musetok.shared.plots import plot_layer_curves
 from musetok.shared.token_store import TokenStore
 from musetok.tokenizer.builder import load_tokenizer
@@ -166,18 +165,10 @@ def devkit_suite(data: Path) -> Suite:
             Task("instrument (unseen program)", "instrument_family_name", "classification", "program")])])
 
 
-def sha1_file(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_disjoint(pretrain: list[Path], probe: list[Path]) -> dict[str, str]:
     """Refuse a probe clip that is also in the pretraining audio, by resolved path or by content hash.
     Returns sha1 per file, for the record."""
-    hashes = {str(p): sha1_file(p) for p in [*pretrain, *probe]}
+    hashes = {str(p): file_sha1(p) for p in [*pretrain, *probe]}
     seen_paths = {p.resolve(): p for p in pretrain}
     seen_hashes = {hashes[str(p)]: p for p in pretrain}
     for p in probe:

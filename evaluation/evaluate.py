@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from musetok.evaluation.baselines import HANDCRAFTED, handcrafted_features
-from musetok.evaluation.probe import Labels, ProbeResult, file_sha1, make_split, probe_layers, read_labels
+from musetok.evaluation.probe import Labels, ProbeResult, make_split, probe_layers, read_labels
 from musetok.shared.errors import UserError
-from musetok.shared.io import write_json
+from musetok.shared.io import file_sha1, write_json
 from musetok.shared.plots import plot_bars, plot_layer_curve
 
 

@@ -17,7 +17,6 @@ precision, macro), `regression` (R^2), `key` (mir_eval's weighted key score).
 from __future__ import annotations
 
 import csv
-import hashlib
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -264,9 +263,3 @@ def probe_layers(features: np.ndarray | list[np.ndarray], layer_names: list[str]
                        [(layer_names[i], g.valid[metric], g.test[metric], g.valid[key]) for i, g in enumerate(fits)])
 
 
-def file_sha1(path: str | Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

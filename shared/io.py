@@ -9,6 +9,7 @@ here unpickles arbitrary objects.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -126,6 +127,15 @@ class FolderLock:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def file_sha1(path: str | Path) -> str:
+    """The sha1 of a file's bytes (read in 1 MiB blocks), as hex."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_json(path: str | Path, obj: Any) -> None:
