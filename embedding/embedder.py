@@ -122,7 +122,6 @@ class Embedder:
         self.tokenizer, self.prior, self.batch_size = tokenizer.eval(), prior.eval(), batch_size
         self.fz = Featurizer(tokenizer.cfg)
         self.frames = frame_stacker(tokenizer) if prior.cfg.reads_frames else None
-        self.device = next(prior.parameters()).device
 
     @classmethod
     def from_pretrained(cls, tokenizer_dir: str | Path, prior_dir: str | Path | None = None, device: str = "cpu",
