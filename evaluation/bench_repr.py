@@ -6,8 +6,9 @@ For each suite (the synthetic one always; the real-music dev kit when `--data` p
    spectrogram frames), and `small` priors with the same steps, batch, width, depth and context (checked,
    and stated in the table). By default three (`DEFAULT_PRIORS`): the recommended `small` prior (frames ->
    codes + frames), codes -> codes (`mlm`, the Jukebox route) and frames -> frames (the continuous
-   `masked_frames` control); `--priors` adds frames -> codes, frames -> BEST-RQ random-projection codes and
-   frames -> second-round codes (HuBERT: k-means on the trained recommended prior's middle layer);
+   `masked_frames` control); `--priors` adds frames -> codes, frames -> BEST-RQ random-projection codes,
+   frames -> second-round codes (HuBERT: k-means on the trained recommended prior's middle layer) and the
+   recommended prior with MERT's chroma target beside its own (`frames_codes_chroma`);
 2. probe sets whose audio the tokenizer, its normaliser and the priors never saw (checked by path and
    by content hash: the benchmark refuses to run otherwise);
 3. rows, all pooled over time the same way (mean and standard deviation, `meanstd`): every prior per
@@ -68,6 +69,9 @@ PRIORS = {name: ([f"model.objective={o}", f"model.inputs={i}", f"model.targets={
     "frames_kmeans": ("mlm", "frames", "codes", 1.0, "prior: frames -> second-round codes + frames (HuBERT)"),
     "frames": ("masked_frames", "frames", "frames", 0.0, "prior: frames -> frames (masked_frames)"),
 }.items()}
+# MERT's chroma target on top of the recommended recipe (needs a semitone tokenizer, as `small` ships).
+PRIORS["frames_codes_chroma"] = (PRIORS["frames_codes_aux"][0] + ["model.aux_chroma=1.0"],
+                                 "prior: frames -> codes + frames + chroma (mlm, MERT-style)")
 # The prior the `small` configs ship (configs/prior/small.yaml; checked by the tests).
 RECOMMENDED = "frames_codes_aux"
 # HuBERT's second round: the recommended prior again, its code targets replaced by k-means on the middle layer of

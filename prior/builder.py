@@ -18,9 +18,11 @@ FORMAT_VERSION = 1
 
 def bind_to_store(cfg: PriorConfig, meta: StoreMeta) -> PriorConfig:
     """A copy of `cfg` with its input/output sizes and tokenizer identity taken from a token store's meta."""
+    bands = len(meta.frames_pitch_class)
+    chroma_dim = 12 * (meta.frames_dim // bands) if cfg.aux_chroma > 0 and bands else 0
     return replace(cfg, codebook_size=meta.codebook_size, num_codebooks=meta.num_codebooks,
                    frame_rate=meta.frame_rate, tokenizer_id=meta.tokenizer_id, frame_dim=meta.frames_dim,
-                   codes_source=meta.codes_source)
+                   codes_source=meta.codes_source, chroma_dim=chroma_dim)
 
 
 def build_prior_for_store(cfg: PriorConfig, store: TokenStore) -> Prior:

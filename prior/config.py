@@ -44,6 +44,7 @@ class PriorConfig:
     mask_span: int = 5              # consecutive frames per span (single frames are solved by smoothness)
     predict_ahead: int = 3          # next_frames: predict the frame this many steps ahead (APC's n)
     aux_frames: float = 0.0         # code targets: + this weight x L1 of the masked frames (MERT's CQT target)
+    aux_chroma: float = 0.0         # masked priors: + this weight x KL of the masked frames' chroma (semitone stores)
     rpq_codebooks: int = 1          # targets=random: BEST-RQ's frozen random-projection quantisers
     rpq_size: int = 512             #   codes per quantiser
     rpq_dim: int = 16               #   projection size
@@ -52,6 +53,7 @@ class PriorConfig:
     codebook_size: int = 0
     num_codebooks: int = 1
     frame_dim: int = 0              # continuous objectives: size of one (stacked, normalised) mel frame
+    chroma_dim: int = 0             # aux_chroma: 12 pitch classes x the mel frames stacked in one frame
     tokenizer_id: str = ""
     frame_rate: float = 0.0
     codes_source: str = ""          # "": the tokenizer's codes; else second-round codes (`musetok relabel`)
@@ -68,6 +70,9 @@ class PriorConfig:
         check(self.aux_frames >= 0.0, "model.aux_frames", "must be >= 0")
         check(self.aux_frames == 0.0 or (self.target_kind != "frames" and not self.causal), "model.aux_frames",
               "is an extra frame target for masked code-target priors (objective mlm)")
+        check(self.aux_chroma >= 0.0, "model.aux_chroma", "must be >= 0")
+        check(self.aux_chroma == 0.0 or not self.causal, "model.aux_chroma",
+              "is an extra target for masked priors (objective mlm or masked_frames)")
         check(self.rpq_codebooks >= 1 and self.rpq_size >= 2 and self.rpq_dim >= 1, "model.rpq_size",
               "random-projection targets need rpq_codebooks >= 1, rpq_size >= 2, rpq_dim >= 1")
 
@@ -109,4 +114,4 @@ class PriorConfig:
 
     @property
     def uses_frames(self) -> bool:
-        return self.reads_frames or self.target_kind != "codes" or self.aux_frames > 0
+        return self.reads_frames or self.target_kind != "codes" or self.aux_frames > 0 or self.aux_chroma > 0

@@ -162,6 +162,10 @@ class Prior(nn.Module):
                 self.register_buffer("rpq_codebook", book)
         if not cfg.predicts_codes or cfg.aux_frames > 0:
             self.head = nn.Linear(cfg.dim, cfg.frame_dim)
+        if cfg.aux_chroma > 0:
+            if cfg.chroma_dim < 12:
+                raise ValueError("PriorConfig.chroma_dim must be set (from a semitone token store's frames)")
+            self.chroma_head = nn.Linear(cfg.dim, cfg.chroma_dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
         cos, sin = rotary_tables(cfg.max_len, cfg.dim // cfg.heads, cfg.rope_base)
@@ -256,6 +260,10 @@ class Prior(nn.Module):
         frozen random codebook to the frozen random projection of the frame."""
         z = F.normalize(torch.einsum("...f,kfd->...kd", frames.float(), self.rpq_proj), dim=-1)  # (..., K, d)
         return torch.einsum("...kd,kvd->...kv", z, self.rpq_codebook).argmax(-1)
+
+    def chroma_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Normalised states `(..., D)` -> chroma logits `(..., S, 12)`, one distribution per stacked mel frame."""
+        return self.chroma_head(h).unflatten(-1, (-1, 12))
 
     def frame_prediction(self, h: torch.Tensor) -> torch.Tensor:
         """Normalised states `(..., D)` -> frames `(..., F)`."""

@@ -7,7 +7,9 @@ it predicts are `cfg.input_kind` / `cfg.target_kind` (see `prior/config.py`):
 - frame targets: L1 on normalised mel frames (Mockingjay/TERA, APC with `predict_ahead`);
 - random targets: cross-entropy over BEST-RQ's random-projection codes of the clean frames;
 - `aux_frames` > 0 adds L1 on the masked frames to a code loss (MERT's CQT reconstruction, with the
-  `semitone` front-end).
+  `semitone` front-end);
+- `aux_chroma` > 0 adds the KL divergence of the predicted from the true chroma of the masked frames
+  (MERT's chroma target; `prior.data.Chroma`), to either masked loss.
 """
 
 from __future__ import annotations
@@ -60,8 +62,13 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
             out = _code_loss(model, h, target)
             if cfg.aux_frames > 0:  # MERT: a reconstruction target beside the codes
                 out.loss = out.loss + cfg.aux_frames * F.l1_loss(unwrap(model).frame_prediction(h), frames[mask])
-            return out
-        return LossOutput(F.l1_loss(unwrap(model).frame_prediction(h), frames[mask]), int(mask.sum()))
+        else:
+            out = LossOutput(F.l1_loss(unwrap(model).frame_prediction(h), frames[mask]), int(mask.sum()))
+        if cfg.aux_chroma > 0:  # MERT's other musical target: pitch classes, octave- and loudness-free
+            logp = F.log_softmax(unwrap(model).chroma_logits(h).float(), -1)  # (N, S, 12)
+            out.loss = out.loss + cfg.aux_chroma * F.kl_div(logp.flatten(0, 1), batch.chroma[mask].flatten(0, 1),
+                                                            reduction="batchmean")
+        return out
 
     shift = 1 if cfg.predicts_codes else cfg.predict_ahead
     c_in = codes[:, :, :-shift] if cfg.reads_codes else None                       # (B, K, T')

@@ -61,6 +61,13 @@ class MelConfig:
         return self.sample_rate / self.hop_length
 
 
+def semitone_pitch_classes(cfg: MelConfig) -> np.ndarray:
+    """`(n_mels,)` int: the pitch class (0 = C, ..., 11 = B) of each band of a `semitone` front-end."""
+    check(cfg.scale == "semitone", "mel.scale", "pitch classes need the semitone front-end")
+    low = int(round(float(librosa.hz_to_midi(cfg.semitone_low))))
+    return (low + np.arange(cfg.n_mels)) % 12
+
+
 def semitone_filterbank(cfg: MelConfig) -> np.ndarray:
     """`(n_mels, 1 + n_fft // 2)`: triangles centred a semitone apart from `cfg.semitone_low`, each reaching its
     neighbours' centres (at least two FFT bins wide, so no band is empty), each of unit area (as Slaney's mel)."""

@@ -48,6 +48,11 @@ class StoreMeta:
     sample_rate: int = 0
     frames_dim: int = 0          # > 0: the store also holds mel frames (for the continuous baselines)
     codes_source: str = ""       # "": the tokenizer's codes; else what made them (`musetok relabel`: k-means)
+    # With frames: the normaliser of one band (log power = frame * std + mean) and, for a semitone front-end,
+    # each band's pitch class (0 = C), so a prior can compute chroma targets (`model.aux_chroma`).
+    frames_mean: list[float] = field(default_factory=list)
+    frames_std: list[float] = field(default_factory=list)
+    frames_pitch_class: list[int] = field(default_factory=list)
     kind: str = "musetok-token-store"
     format_version: int = FORMAT_VERSION
     dtype: str = "uint16"

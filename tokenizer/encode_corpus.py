@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +121,8 @@ def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, work
     t0 = time.time()
     corpus = list_audio(audio)
     threads = torch.get_num_threads()
-    writer = TokenStoreWriter(store, model.store_meta(stacker.dim if stacker else 0), name=writer_name)
+    meta = model.store_meta()
+    writer = TokenStoreWriter(store, replace(meta, **stacker.store_fields()) if stacker else meta, name=writer_name)
     try:
         todo, skipped = [], 0
         for rel in (corpus.files if files is None else files):

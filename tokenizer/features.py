@@ -11,7 +11,7 @@ import torch
 
 from musetok.shared.audio import iter_audio
 from musetok.shared.errors import UserError
-from musetok.shared.mel import MelFrontend, StreamingMel
+from musetok.shared.mel import MelFrontend, StreamingMel, semitone_pitch_classes
 from musetok.shared.normalize import MelStats
 from musetok.tokenizer.base import Tokenizer
 from musetok.tokenizer.config import TokenizerConfig
@@ -66,9 +66,16 @@ class FrameStacker:
     """Log-mel `(n_mels, T)` -> normalised frames stacked to the code rate, `(ceil(T / ds), ds * n_mels)`
     float32: the input of the continuous priors, frame-aligned with the codes (edge-padded at the end)."""
 
-    def __init__(self, stats: MelStats, downsample: int):
+    def __init__(self, stats: MelStats, downsample: int, pitch_class: np.ndarray | None = None):
         self.mean, self.std = stats.mean[:, None], stats.std[:, None]
         self.downsample = downsample
+        self.pitch_class = pitch_class
+
+    def store_fields(self) -> dict:
+        """What a token store records about these frames (`StoreMeta.frames_*`): enough to turn them back into
+        log power and, for a semitone front-end, into chroma."""
+        return {"frames_dim": self.dim, "frames_mean": self.mean[:, 0].tolist(), "frames_std": self.std[:, 0].tolist(),
+                "frames_pitch_class": [] if self.pitch_class is None else [int(c) for c in self.pitch_class]}
 
     @property
     def dim(self) -> int:
@@ -88,4 +95,6 @@ def frame_stacker(model: Tokenizer) -> FrameStacker:
     if not isinstance(model, MelVQVAE):
         raise UserError("mel frames (--with-frames, and priors that read frames) need a mel tokenizer, "
                         f"not a {model.cfg.input} one")
-    return FrameStacker(model.stats(), model.cfg.downsample)
+    mel = model.cfg.mel
+    return FrameStacker(model.stats(), model.cfg.downsample,
+                        semitone_pitch_classes(mel) if mel.scale == "semitone" else None)
