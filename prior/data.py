@@ -45,7 +45,8 @@ class Chroma:
     def __init__(self, meta: StoreMeta, where: str):
         if not meta.frames_pitch_class:
             raise UserError(f"{where}: model.aux_chroma needs each frame band's pitch class, which only a store of "
-                            "a semitone tokenizer (mel.scale: semitone) written by `tokenize --with-frames` records")
+                            "a semitone tokenizer (mel.scale: semitone) written by `tokenize --with-frames` records "
+                            "(stores written before the chroma target lack it: tokenize again into a new folder)")
         self.mean, self.std = np.asarray(meta.frames_mean, np.float32), np.asarray(meta.frames_std, np.float32)
         self.onehot = np.eye(12, dtype=np.float32)[np.asarray(meta.frames_pitch_class)]  # (bands, 12)
 

@@ -15,12 +15,14 @@ from musetok.shared.errors import UserError
 from musetok.shared.token_store import TokenStore
 from tests.conftest import tone, write
 
+QUICK_PRIORS = ["--set", "model.mask_span=3", "--priors", "codes,frames_random,frames_kmeans,frames_codes_chroma",
+                "--tokenizer-set", "model.codebook_size=64"]
+
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "repr"
-    assert main(["bench-repr", "--quick", "--out", str(out), "--quiet", "--set", "model.mask_span=3",
-                 "--priors", "codes,frames_random,frames_kmeans", "--tokenizer-set", "model.codebook_size=64"]) == 0
+    assert main(["bench-repr", "--quick", "--out", str(out), "--quiet", *QUICK_PRIORS]) == 0
     return out
 
 
@@ -32,6 +34,7 @@ def test_quick_bench_writes_the_table_with_mean_and_std(bench):
     features = ["prior: codes -> codes (mlm)", "prior: frames -> random-projection codes (BEST-RQ)",
                 "prior: frames -> codes + frames (mlm, MERT-style)",
                 "prior: frames -> second-round codes + frames (HuBERT)",
+                "prior: frames -> codes + frames + chroma (mlm, MERT-style)",
                 "prior: frames -> frames (masked_frames)", *RANDOM.values(), "bag of codes",
                 "mfcc+delta mean/std", "log-mel mean/std", "chroma (CQT) mean/std"]
     assert {r["task"] for r in rows} == set(tasks) and {r["features"] for r in rows} == set(features)
@@ -58,7 +61,8 @@ def test_prior_settings_apply_to_every_prior_alike(bench):
     assert record["prior_overrides"] == ["model.mask_span=3"]
     priors = record["suites"]["synthetic"]["configs"]["priors"]
     # frames is always trained; the second round's first round (the recommended prior) before it
-    assert list(priors) == ["codes", "frames_random", "frames", "frames_codes_aux", "frames_kmeans"]
+    assert list(priors) == ["codes", "frames_random", "frames_codes_chroma", "frames", "frames_codes_aux",
+                            "frames_kmeans"]
     assert {p["model"]["mask_span"] for p in priors.values()} == {3}
     assert {(p["model"]["objective"], p["model"]["inputs"], p["model"]["targets"]) for p in priors.values()} == {
         ("mlm", "codes", "codes"), ("mlm", "frames", "random"), ("masked_frames", "frames", "frames"),
@@ -68,6 +72,10 @@ def test_prior_settings_apply_to_every_prior_alike(bench):
     assert second.codebook_size == 64 and second.codes_source.endswith(":layer2")
     assert load_prior(bench / "synthetic" / "prior_frames_kmeans").cfg.codes_source == second.codes_source
     assert record["suites"]["synthetic"]["configs"]["tokenizer"]["model"]["codebook_size"] == 64
+    # the chroma prior: the recommended recipe plus a chroma head, 12 pitch classes x 2 stacked semitone frames
+    chroma = load_prior(bench / "synthetic" / "prior_frames_codes_chroma").cfg
+    assert (chroma.aux_chroma, chroma.chroma_dim, chroma.aux_frames) == (1.0, 24, 1.0)
+    assert [p["model"]["aux_chroma"] for p in priors.values()] == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
     assert main(["bench-repr", "--quick", "--out", str(bench), "--priors", "nope"]) == 2
 
 
@@ -148,7 +156,6 @@ def test_a_model_trained_with_other_settings_is_refused_not_reused(bench, tmp_pa
     settings (an older demo, another --set) stops the run with a one-line error instead of being reused."""
     out = tmp_path / "again"
     shutil.copytree(bench, out)
-    args = ["bench-repr", "--quick", "--out", str(out), "--quiet", "--set", "model.mask_span=3",
-            "--priors", "codes,frames_random,frames_kmeans", "--tokenizer-set", "model.codebook_size=64"]
+    args = ["bench-repr", "--quick", "--out", str(out), "--quiet", *QUICK_PRIORS]
     assert main(args + ["--set", "model.mask_rate=0.5"]) == 2
     assert "prior_codes: holds a model trained with other settings" in capsys.readouterr().err
