@@ -98,7 +98,7 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
     step, wrapped, metrics = training.open_state(r, model, opt, resume, to_dict(PriorRunConfig(mc, tc)))
     fwd_model = torch.compile(wrapped) if tc.compile else wrapped
     valid_batches = [valid_src.batch(tc.seed + 1, i, tc.batch_size) for i in range(tc.valid_batches)]
-    last_valid = {"loss": float("nan"), "accuracy": None}
+    last_valid = {"loss": float("nan"), "accuracy": None, "perplexity": None}
 
     def forward(batch) -> training.StepOutput:
         o = compute_loss(fwd_model, batch)
@@ -124,11 +124,11 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
         model.train()
         loss = total / max(n, 1)
         accuracy = correct / max(n * mc.target_codebooks[0], 1) if mc.predicts_codes else None
-        last_valid.update(loss=loss, accuracy=accuracy)
+        perplexity = math.exp(min(ce / max(n, 1), 50)) if mc.predicts_codes else None  # of the codes alone (no aux)
+        last_valid.update(loss=loss, accuracy=accuracy, perplexity=perplexity)
         if not mc.predicts_codes:
             return {"valid_loss": loss}
-        return {"valid_loss": loss, "valid_accuracy": last_valid["accuracy"],
-                "valid_perplexity": math.exp(min(ce / max(n, 1), 50))}  # of the codes alone (no aux_frames)
+        return {"valid_loss": loss, "valid_accuracy": accuracy, "valid_perplexity": perplexity}
 
     # -- the loop ----------------------------------------------------------------------------------
     step = training.run_steps(tc, r, model, wrapped, opt, train_src, step, stop_at, forward, train_metrics, validate,
@@ -155,5 +155,4 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                      'from musetok.embedding import Embedder\n\n'
                      f'emb = Embedder.from_pretrained("TOKENIZER_FOLDER", "{out.name}")')
     distributed.shutdown(d)
-    return PriorTrainResult(out, step, loss, last_valid["accuracy"],
-                            math.exp(min(loss, 50)) if mc.predicts_codes else None)
+    return PriorTrainResult(out, step, loss, last_valid["accuracy"], last_valid["perplexity"])

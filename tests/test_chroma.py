@@ -125,10 +125,15 @@ def test_a_chroma_prior_trains_on_a_semitone_store_and_embeds(semitone_store, tm
     run = load_config(PriorRunConfig, None, TINY_PRIOR + ["model.inputs=frames", "model.aux_frames=1.0",
                                                           "model.aux_chroma=1.0", "train.steps=60",
                                                           "model.max_len=32"])
-    train_prior(run, store_dir, tmp_path / "p", progress=False)
+    r = train_prior(run, store_dir, tmp_path / "p", progress=False)
     prior = load_prior(tmp_path / "p")
     assert prior.cfg.chroma_dim == 24 and prior.cfg.aux_chroma == 1.0
     recs = [json.loads(ln) for ln in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()]
+    # the perplexity reported is of the codes alone: below exp(loss), which includes the frame and chroma terms
+    last = [x for x in recs if x["split"] == "valid"][-1]
+    assert r.valid_perplexity == pytest.approx(last["valid_perplexity"])
+    assert r.valid_loss == pytest.approx(last["valid_loss"], abs=1e-5)
+    assert r.valid_perplexity < 0.95 * np.exp(r.valid_loss)
     train = [x["loss"] for x in recs if x["split"] == "train"]
     assert np.mean(train[-2:]) < 0.8 * train[0], train
     frames = torch.from_numpy(TokenStore(store_dir).frames_window(0, 0, 32).astype(np.float32))[None]
