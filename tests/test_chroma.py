@@ -134,6 +134,8 @@ def test_a_chroma_prior_trains_on_a_semitone_store_and_embeds(semitone_store, tm
     assert r.valid_perplexity == pytest.approx(last["valid_perplexity"])
     assert r.valid_loss == pytest.approx(last["valid_loss"], abs=1e-5)
     assert r.valid_perplexity < 0.95 * np.exp(r.valid_loss)
+    card = (tmp_path / "p" / "README.md").read_text()
+    assert "| reads -> predicts | frames -> codes + 1 x frames + 1 x chroma |" in card
     train = [x["loss"] for x in recs if x["split"] == "train"]
     assert np.mean(train[-2:]) < 0.8 * train[0], train
     frames = torch.from_numpy(TokenStore(store_dir).frames_window(0, 0, 32).astype(np.float32))[None]
