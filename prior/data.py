@@ -69,9 +69,9 @@ class WindowSource:
         if frames and not store.has_frames:
             raise UserError(f"{store.root}: this prior reads or predicts mel frames; the store has none "
                             "(run `musetok tokenize --with-frames`)")
-        self.chroma = Chroma(store.meta, str(store.root / "meta.json")) if chroma else None
         if chroma and not frames:
             raise ValueError("chroma targets are computed from the frames: ask for frames too")
+        self.chroma = Chroma(store.meta, str(store.root / "meta.json")) if chroma else None
 
     @property
     def frames_total(self) -> int:

@@ -83,9 +83,8 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
     paths = [e.path for e in store.items]
     train_paths, valid_paths = training.split_files(paths, tc.valid_fraction, tc.seed, "pretrain")
     pos = {p: i for i, p in enumerate(paths)}
-    sources = [WindowSource(store, [pos[p] for p in part], mc.max_len, mc.uses_codes, mc.uses_frames, mc.aux_chroma > 0)
-               for part in (train_paths, valid_paths)]
-    train_src, valid_src = sources
+    train_src, valid_src = (WindowSource(store, [pos[p] for p in part], mc.max_len, mc.uses_codes, mc.uses_frames,
+                                         mc.aux_chroma > 0) for part in (train_paths, valid_paths))
     if d.is_main:
         log.info("prior data: %d train files (%d frames), %d valid files; objective %s (%s -> %s)%s",
                  len(train_paths), train_src.frames_total, len(valid_paths), mc.objective, mc.input_kind,
