@@ -268,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a tokenizer setting, e.g. model.num_codebooks=4 (repeatable)")
     s.add_argument("--priors", default="codes,frames_codes_aux,frames",
                    help="which priors to train, of codes, frames_codes, frames_random, frames_codes_aux, "
-                        "frames_codes_chroma (+ chroma target), frames_kmeans (second round: trains "
+                        "frames_codes_chroma (+ chroma target), frames_codes_mix (+ windows mixed in), "
+                        "frames_kmeans (second round: trains "
                         "frames_codes_aux first), frames (the frames control always is)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")

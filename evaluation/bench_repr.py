@@ -8,13 +8,15 @@ For each suite (the synthetic one always; the real-music dev kit when `--data` p
    codes + frames), codes -> codes (`mlm`, the Jukebox route) and frames -> frames (the continuous
    `masked_frames` control); `--priors` adds frames -> codes, frames -> BEST-RQ random-projection codes,
    frames -> second-round codes (HuBERT: k-means on the trained recommended prior's middle layer) and the
-   recommended prior with MERT's chroma target beside its own (`frames_codes_chroma`);
+   recommended prior with MERT's chroma target beside its own (`frames_codes_chroma`), and the recommended
+   prior trained on windows with others mixed in (`frames_codes_mix`, WavLM / MERT);
 2. probe sets whose audio the tokenizer, its normaliser and the priors never saw (checked by path and
    by content hash: the benchmark refuses to run otherwise);
 3. rows, all pooled over time the same way (mean and standard deviation, `meanstd`): every prior per
    layer, and the mean and the concatenation of its layers (the candidate chosen on validation), the
    codes -> codes and the recommended prior with random weights, bag of codes (code histogram),
-   MFCC(+delta), log-mel and CQT-chroma statistics;
+   MFCC(+delta), log-mel and CQT-chroma statistics, and the priors' own input (the tokenizer's front-end
+   spectrogram, e.g. log-semitone) pooled alike: what pretraining must add to;
 4. linear probes on `splits` grouped, stratified splits (a piece, a note, or for the unseen-program
    tasks a whole program stays in one split); layers and settings chosen on validation log-loss;
    each cell is the test metric's mean ± std over the splits.
@@ -72,6 +74,10 @@ PRIORS = {name: ([f"model.objective={o}", f"model.inputs={i}", f"model.targets={
 # MERT's chroma target on top of the recommended recipe (needs a semitone tokenizer, as `small` ships).
 PRIORS["frames_codes_chroma"] = (PRIORS["frames_codes_aux"][0] + ["model.aux_chroma=1.0"],
                                  "prior: frames -> codes + frames + chroma (mlm, MERT-style)")
+# WavLM's utterance mixing / MERT's in-batch noise on top of the recommended recipe: half the training windows
+# get a stretch of another mixed in at +-5 dB; the targets stay the clean window's.
+PRIORS["frames_codes_mix"] = (PRIORS["frames_codes_aux"][0] + ["model.mix_prob=0.5"],
+                              "prior: frames -> codes + frames, windows mixed (mlm, WavLM-style)")
 # The prior the `small` configs ship (configs/prior/small.yaml; checked by the tests).
 RECOMMENDED = "frames_codes_aux"
 # HuBERT's second round: the recommended prior again, its code targets replaced by k-means on the middle layer of
@@ -291,8 +297,22 @@ def features(out: Path, paths: list[Path], seed: int, times: dict, priors: tuple
     hand = handcrafted_features(paths, tok.sample_rate)
     feats.update({"mfcc+delta mean/std": hand["mfcc"], "log-mel mean/std": hand["logmel"],
                   "chroma (CQT) mean/std": hand["chroma"]})
+    feats[frontend_row(tok)] = np.stack([frontend_stats(f, tok.cfg.mel.n_mels) for f in inputs["frames"]])
     times["baselines"] = times.get("baselines", 0.0) + time.time() - t
     return feats, randoms["codes"].layer_names + list(COMBINED)
+
+
+def frontend_row(tok) -> str:
+    """The row of the priors' own input, pooled: the tokenizer's front-end, a hand-crafted feature too."""
+    scale = "log-semitone" if tok.cfg.mel.scale == "semitone" else "log-mel"
+    return f"{scale} spectrogram (the priors' input) mean/std"
+
+
+def frontend_stats(frames: np.ndarray, bands: int) -> np.ndarray:
+    """The frames priors read, `(T, S * bands)` normalised and stacked, -> mean and std of each band over every
+    mel frame `(2 * bands,)`. The hand-crafted row a frame prior must beat: its own input, with no training."""
+    x = frames.reshape(-1, bands)
+    return np.concatenate([x.mean(0), x.std(0)]).astype(np.float32)
 
 
 # -- probes ---------------------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ class PriorConfig:
     predict_ahead: int = 3          # next_frames: predict the frame this many steps ahead (APC's n)
     aux_frames: float = 0.0         # code targets: + this weight x L1 of the masked frames (MERT's CQT target)
     aux_chroma: float = 0.0         # masked priors: + this weight x KL of the masked frames' chroma (semitone stores)
+    mix_prob: float = 0.0           # masked priors reading frames: chance a training window's input gets a stretch
+    mix_db: float = 5.0             #   of another mixed in, at +-mix_db dB (WavLM / MERT); its targets stay clean
     rpq_codebooks: int = 1          # targets=random: BEST-RQ's frozen random-projection quantisers
     rpq_size: int = 512             #   codes per quantiser
     rpq_dim: int = 16               #   projection size
@@ -73,6 +75,11 @@ class PriorConfig:
         check(self.aux_chroma >= 0.0, "model.aux_chroma", "must be >= 0")
         check(self.aux_chroma == 0.0 or not self.causal, "model.aux_chroma",
               "is an extra target for masked priors (objective mlm or masked_frames)")
+        check(0.0 <= self.mix_prob <= 1.0, "model.mix_prob", "must be in [0, 1]")
+        check(self.mix_db >= 0.0, "model.mix_db", "must be >= 0")
+        check(self.mix_prob == 0.0 or (self.reads_frames and not self.causal), "model.mix_prob",
+              "mixes windows into the frames a masked prior reads (model.inputs frames or codes+frames, "
+              "objective mlm or masked_frames)")
         check(self.rpq_codebooks >= 1 and self.rpq_size >= 2 and self.rpq_dim >= 1, "model.rpq_size",
               "random-projection targets need rpq_codebooks >= 1, rpq_size >= 2, rpq_dim >= 1")
 

@@ -18,18 +18,21 @@ from musetok.shared.token_store import StoreMeta, TokenStore
 class Batch:
     """codes `(B, K, T)` int64 and/or frames `(B, T, F)` float32 (what the prior reads or predicts; the other
     may be None); lengths `(B,)` valid frames; seeds `(B,)` int64: each row's masking seed; chroma
-    `(B, T, S, 12)` float32 (`aux_chroma` only): each stacked mel frame's pitch-class distribution."""
+    `(B, T, S, 12)` float32 (`aux_chroma` only): each stacked mel frame's pitch-class distribution;
+    frames_in `(B, T, F)` (`mix_prob` only): the frames the prior reads when they differ from the clean
+    `frames` it predicts (another window mixed in)."""
 
     codes: torch.Tensor | None
     frames: torch.Tensor | None
     lengths: torch.Tensor
     seeds: torch.Tensor
     chroma: torch.Tensor | None = None
+    frames_in: torch.Tensor | None = None
 
     def to(self, device) -> Batch:
-        codes, frames, chroma = (None if v is None else v.to(device, non_blocking=True)
-                                 for v in (self.codes, self.frames, self.chroma))
-        return Batch(codes, frames, self.lengths.to(device), self.seeds, chroma)
+        codes, frames, chroma, frames_in = (None if v is None else v.to(device, non_blocking=True)
+                                            for v in (self.codes, self.frames, self.chroma, self.frames_in))
+        return Batch(codes, frames, self.lengths.to(device), self.seeds, chroma, frames_in)
 
     @property
     def length(self) -> int:
@@ -58,12 +61,48 @@ class Chroma:
         return chroma / chroma.sum(-1, keepdims=True)
 
 
+def _log_power(meta: StoreMeta, where: str, option: str) -> tuple[np.ndarray, np.ndarray]:
+    """The store's frame normaliser (log power = frame x std + mean, per band), or a one-line error."""
+    if not meta.frames_mean:
+        raise UserError(f"{where}: {option} needs the frames' normaliser, which stores written by "
+                        "`tokenize --with-frames` record (older stores lack it: tokenize again into a new folder)")
+    return np.asarray(meta.frames_mean, np.float32), np.asarray(meta.frames_std, np.float32)
+
+
+class Mixer:
+    """In-batch mixing (WavLM's utterance mixing, MERT's in-batch noise): with probability `prob` a window's
+    input gets a stretch of another random window added in the power domain, at most half its length, at
+    an energy ratio drawn uniformly from +-`db` dB. Only the input changes: the targets (codes, frames,
+    chroma) stay those of the clean window, so the prior learns to hear the main source through another."""
+
+    def __init__(self, meta: StoreMeta, where: str, prob: float, db: float):
+        self.mean, self.std = _log_power(meta, where, "model.mix_prob")
+        self.prob, self.db = prob, db
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """`(n, 6)` uniforms per window (mix?, source file, its start, stretch length, where, level), drawn for
+        the whole global batch so that a window is mixed alike on whichever rank it lands."""
+        return rng.random((n, 6))
+
+    def __call__(self, frames: np.ndarray, other: np.ndarray, at: int, level_db: float) -> np.ndarray:
+        """frames `(n, F)` and other `(m, F)` normalised, m <= n -> frames with `other` added at frame `at`."""
+        bands = len(self.mean)
+        out = frames.copy()
+        a = frames[at:at + len(other)].reshape(len(other), -1, bands) * self.std + self.mean  # log power
+        b = other.reshape(len(other), -1, bands) * self.std + self.mean
+        # energy ratio of the stretch to the window's own power over the same frames, as `level_db` says
+        shift = np.log(np.exp(a).mean() / max(np.exp(b).mean(), 1e-30)) + level_db * np.log(10) / 10
+        mixed = np.logaddexp(a, b + shift)
+        out[at:at + len(other)] = ((mixed - self.mean) / self.std).reshape(len(other), -1)
+        return out
+
+
 class WindowSource:
     """Random windows of up to `max_len` frames from the given store items: their codes and/or mel frames, and
     with `chroma` the frames' chroma (which needs the frames read)."""
 
     def __init__(self, store: TokenStore, items: list[int], max_len: int, codes: bool = True, frames: bool = False,
-                 chroma: bool = False):
+                 chroma: bool = False, mix: tuple[float, float] | None = None):
         self.store, self.items, self.max_len, self.codes, self.frames = store, items, max_len, codes, frames
         self.lengths = np.array([store.items[i].length for i in items], dtype=np.int64)
         if frames and not store.has_frames:
@@ -72,6 +111,10 @@ class WindowSource:
         if chroma and not frames:
             raise ValueError("chroma targets are computed from the frames: ask for frames too")
         self.chroma = Chroma(store.meta, str(store.root / "meta.json")) if chroma else None
+        mix = mix if mix and mix[0] > 0 else None
+        if mix and not frames:
+            raise ValueError("mixing changes the frames the prior reads: ask for frames too")
+        self.mixer = Mixer(store.meta, str(store.root / "meta.json"), *mix) if mix else None
 
     @property
     def frames_total(self) -> int:
@@ -84,6 +127,7 @@ class WindowSource:
         lens = np.minimum(self.lengths[pick], self.max_len)
         starts = rng.integers(0, self.lengths[pick] - lens + 1)
         seeds = rng.integers(0, 2**62, size=batch_size)
+        mix = self.mixer.draw(rng, batch_size)[part] if self.mixer else None
         pick, lens, starts, seeds = pick[part], lens[part], starts[part], seeds[part]
         batch_size = len(pick)
         t = int(lens.max())
@@ -97,4 +141,23 @@ class WindowSource:
                 codes[b, :, :n] = self.store.window(self.items[j], start, n)
         return Batch(None if codes is None else torch.from_numpy(codes),
                      None if frames is None else torch.from_numpy(frames), torch.from_numpy(lens),
-                     torch.from_numpy(seeds), None if self.chroma is None else torch.from_numpy(self.chroma(frames)))
+                     torch.from_numpy(seeds), None if self.chroma is None else torch.from_numpy(self.chroma(frames)),
+                     None if mix is None else torch.from_numpy(self._mixed(frames, lens, mix)))
+
+    def _mixed(self, frames: np.ndarray, lens: np.ndarray, mix: np.ndarray) -> np.ndarray:
+        """The input frames: each window, or with probability `mix_prob` it with a stretch of another mixed in."""
+        out = frames.copy()
+        cum = np.cumsum(self.lengths) / self.lengths.sum()
+        for b, (u_on, u_src, u_start, u_len, u_at, u_db) in enumerate(mix):
+            n = int(lens[b])
+            if u_on >= self.mixer.prob or n < 2:
+                continue
+            m = 1 + int(u_len * (n // 2))  # 1 .. n // 2 frames
+            j = min(int(np.searchsorted(cum, u_src, side="right")), len(self.items) - 1)  # length-weighted file
+            src_len = int(self.lengths[j])
+            m = min(m, src_len)
+            src_start = int(u_start * (src_len - m + 1))
+            other = self.store.frames_window(self.items[j], src_start, m)
+            at = int(u_at * (n - m + 1))
+            out[b, :n] = self.mixer(frames[b, :n], other, at, (2 * u_db - 1) * self.mixer.db)
+        return out

@@ -9,7 +9,9 @@ it predicts are `cfg.input_kind` / `cfg.target_kind` (see `prior/config.py`):
 - `aux_frames` > 0 adds L1 on the masked frames to a code loss (MERT's CQT reconstruction, with the
   `semitone` front-end);
 - `aux_chroma` > 0 adds the KL divergence of the predicted from the true chroma of the masked frames
-  (MERT's chroma target; `prior.data.Chroma`), to either masked loss.
+  (MERT's chroma target; `prior.data.Chroma`), to either masked loss;
+- `mix_prob` > 0 (masked priors reading frames): the prior reads `batch.frames_in`, windows with another
+  mixed in (`prior.data.Mixer`), and predicts the clean window's targets.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
         mask = span_mask(lengths.cpu(), t, cfg.mask_rate, cfg.mask_span, gens)
         c_in = corrupt_codes(codes.cpu(), mask, cfg.codebook_size, cfg.codebook_size, gens).to(codes.device) \
             if cfg.reads_codes else None
-        f_in = corrupt_frames(frames.cpu(), mask, lengths.cpu(), gens).to(frames.device) if cfg.reads_frames else None
+        heard = frames if batch.frames_in is None else batch.frames_in  # `mix_prob`: another window mixed in
+        f_in = corrupt_frames(heard.cpu(), mask, lengths.cpu(), gens).to(frames.device) if cfg.reads_frames else None
         mask = mask.to(lengths.device)
         h = model(join_input(cfg, c_in, f_in), valid, keep=mask).hidden  # (N, D): only masked frames are predicted
         if cfg.predicts_codes:

@@ -84,7 +84,8 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
     train_paths, valid_paths = training.split_files(paths, tc.valid_fraction, tc.seed, "pretrain")
     pos = {p: i for i, p in enumerate(paths)}
     train_src, valid_src = (WindowSource(store, [pos[p] for p in part], mc.max_len, mc.uses_codes, mc.uses_frames,
-                                         mc.aux_chroma > 0) for part in (train_paths, valid_paths))
+                                         mc.aux_chroma > 0, mix)  # validation windows stay clean
+                            for part, mix in ((train_paths, (mc.mix_prob, mc.mix_db)), (valid_paths, None)))
     if d.is_main:
         log.info("prior data: %d train files (%d frames), %d valid files; objective %s (%s -> %s)%s",
                  len(train_paths), train_src.frames_total, len(valid_paths), mc.objective, mc.input_kind,
@@ -151,7 +152,9 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                       "steps": f"{step} of {tc.steps}, batch {tc.batch_size} x {mc.max_len} frames",
                       "reads -> predicts": f"{mc.input_kind} -> {mc.target_kind}" +
                                            "".join(f" + {w:g} x {name}" for name, w in
-                                                   (("frames", mc.aux_frames), ("chroma", mc.aux_chroma)) if w > 0),
+                                                   (("frames", mc.aux_frames), ("chroma", mc.aux_chroma)) if w > 0)
+                                           + (f"; {mc.mix_prob:.0%} of training windows heard with another mixed in "
+                                              f"at +-{mc.mix_db:g} dB" if mc.mix_prob > 0 else ""),
                       "validation": metrics_txt, "tokenizer id": mc.tokenizer_id,
                       "frame rate": f"{mc.frame_rate:.2f} Hz"},
                      'from musetok.embedding import Embedder\n\n'

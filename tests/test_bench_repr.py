@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from musetok.cli import main
-from musetok.evaluation.bench_repr import RANDOM, check_disjoint
+from musetok.evaluation.bench_repr import RANDOM, check_disjoint, frontend_stats
 from musetok.prior.builder import load_prior
 from musetok.shared.errors import UserError
+from musetok.shared.normalize import MelStats
 from musetok.shared.token_store import TokenStore
+from musetok.tokenizer.features import FrameStacker
 from tests.conftest import tone, write
 
 QUICK_PRIORS = ["--set", "model.mask_span=3", "--priors", "codes,frames_random,frames_kmeans,frames_codes_chroma",
@@ -36,7 +38,8 @@ def test_quick_bench_writes_the_table_with_mean_and_std(bench):
                 "prior: frames -> second-round codes + frames (HuBERT)",
                 "prior: frames -> codes + frames + chroma (mlm, MERT-style)",
                 "prior: frames -> frames (masked_frames)", *RANDOM.values(), "bag of codes",
-                "mfcc+delta mean/std", "log-mel mean/std", "chroma (CQT) mean/std"]
+                "mfcc+delta mean/std", "log-mel mean/std", "chroma (CQT) mean/std",
+                "log-semitone spectrogram (the priors' input) mean/std"]
     assert {r["task"] for r in rows} == set(tasks) and {r["features"] for r in rows} == set(features)
     for t in tasks:
         for f in features:
@@ -159,3 +162,15 @@ def test_a_model_trained_with_other_settings_is_refused_not_reused(bench, tmp_pa
     args = ["bench-repr", "--quick", "--out", str(out), "--quiet", *QUICK_PRIORS]
     assert main(args + ["--set", "model.mask_rate=0.5"]) == 2
     assert "prior_codes: holds a model trained with other settings" in capsys.readouterr().err
+
+
+def test_the_front_end_row_is_each_band_s_statistics_over_every_mel_frame():
+    """The priors' own input, pooled, is a row of its own: the unstacked normalised spectrogram's mean and std
+    per band. A stacked frame holds `downsample` mel frames, each of which counts once."""
+    rng = np.random.default_rng(0)
+    logmel = rng.standard_normal((6, 10)).astype(np.float32) * 3 + np.arange(6)[:, None]  # (bands, T)
+    stats = MelStats(mean=np.full(6, 1.0, np.float32), std=np.full(6, 2.0, np.float32), frames=1)
+    frames = FrameStacker(stats, downsample=2)(logmel)  # (5, 12)
+    want = (logmel - 1.0) / 2.0
+    got = frontend_stats(frames, bands=6)
+    np.testing.assert_allclose(got, np.concatenate([want.mean(1), want.std(1)]), rtol=1e-5, atol=1e-6)
