@@ -174,3 +174,38 @@ def test_the_front_end_row_is_each_band_s_statistics_over_every_mel_frame():
     want = (logmel - 1.0) / 2.0
     got = frontend_stats(frames, bands=6)
     np.testing.assert_allclose(got, np.concatenate([want.mean(1), want.std(1)]), rtol=1e-5, atol=1e-6)
+
+
+def _compare_runs():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).parents[1] / "benchmarks" / "compare_runs.py"
+    spec = importlib.util.spec_from_file_location("compare_runs", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_runs_pairs_two_rows_split_by_split(bench, capsys):
+    """`compare_runs.py --pair`: the per-split difference of two rows, across runs too, and a one-line refusal
+    of a row name that is ambiguous or absent."""
+    cr = _compare_runs()
+    record = json.loads((bench / "bench.json").read_text())
+    lever, base = "prior: frames -> frames (masked_frames)", "mfcc+delta mean/std"
+    cells = {(c["features"], c["suite"], c["task"]): np.asarray(c["test"]) for c in record["cells"]}
+    want = {k[1:]: cells[k] - cells[(base, *k[1:])] for k in cells if k[0] == lever}
+    p = cr.paired([record, record], "masked_frames", "1:mfcc")
+    assert p["rows"] == (f"0: {lever}", f"1: {base}")
+    got = {(s, t): a - b for s, tasks in p["suites"].items() for t, (a, b) in tasks.items()}
+    assert got.keys() == want.keys() and len(got) >= 3
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k])
+    cr.print_paired(p)
+    out = capsys.readouterr().out
+    overall = np.stack(list(want.values())).mean(0)
+    assert f"mean difference over {len(want)} tasks: {overall.mean():+.4f} ± {overall.std():.4f}" in out
+    d = next(iter(want.values()))
+    assert f"| {d.mean():+.3f} ± {d.std():.3f} | {int((d > 0).sum())} of {len(d)}" in out
+    for spec, msg in (("prior:", "rows containing 'prior:'"), ("nothing like it", "0 rows"), ("5:mfcc", "no run 5")):
+        with pytest.raises(SystemExit, match=msg):
+            cr.paired([record], spec, "mfcc")
