@@ -9,7 +9,8 @@ For each suite (the synthetic one always; the real-music dev kit when `--data` p
    `masked_frames` control); `--priors` adds frames -> codes, frames -> BEST-RQ random-projection codes,
    frames -> second-round codes (HuBERT: k-means on the trained recommended prior's middle layer) and the
    recommended prior with MERT's chroma target beside its own (`frames_codes_chroma`), and the recommended
-   prior trained on windows with others mixed in (`frames_codes_mix`, WavLM / MERT);
+   prior trained on windows with others mixed in (`frames_codes_mix`, WavLM / MERT) or reading its masked
+   frames as noise (`frames_codes_noise`, MusicFM / MuQ);
 2. probe sets whose audio the tokenizer, its normaliser and the priors never saw (checked by path and
    by content hash: the benchmark refuses to run otherwise);
 3. rows, all pooled over time the same way (mean and standard deviation, `meanstd`): every prior per
@@ -78,6 +79,9 @@ PRIORS["frames_codes_chroma"] = (PRIORS["frames_codes_aux"][0] + ["model.aux_chr
 # get a stretch of another mixed in at +-5 dB; the targets stay the clean window's.
 PRIORS["frames_codes_mix"] = (PRIORS["frames_codes_aux"][0] + ["model.mix_prob=0.5"],
                               "prior: frames -> codes + frames, windows mixed (mlm, WavLM-style)")
+# MusicFM / MuQ's masking: the masked frames the recommended prior reads are noise, not 80/10/10 zeros.
+PRIORS["frames_codes_noise"] = (PRIORS["frames_codes_aux"][0] + ["model.mask_fill=noise"],
+                                "prior: frames -> codes + frames, noise-filled masks (mlm, MusicFM-style)")
 # The prior the `small` configs ship (configs/prior/small.yaml; checked by the tests).
 RECOMMENDED = "frames_codes_aux"
 # HuBERT's second round: the recommended prior again, its code targets replaced by k-means on the middle layer of

@@ -42,6 +42,7 @@ class PriorConfig:
     code_mix: Literal["sum", "weighted"] = "sum"   # K codebooks' input embeddings: summed, or a learned softmax
     mask_rate: float = 0.3          # mlm / masked_frames: fraction of frames inside masked spans
     mask_span: int = 5              # consecutive frames per span (single frames are solved by smoothness)
+    mask_fill: Literal["bert", "noise"] = "bert"  # masked frames read: 80/10/10 zeros/other/same, or noise (MusicFM)
     predict_ahead: int = 3          # next_frames: predict the frame this many steps ahead (APC's n)
     aux_frames: float = 0.0         # code targets: + this weight x L1 of the masked frames (MERT's CQT target)
     aux_chroma: float = 0.0         # masked priors: + this weight x KL of the masked frames' chroma (semitone stores)
@@ -77,6 +78,8 @@ class PriorConfig:
               "is an extra target for masked priors (objective mlm or masked_frames)")
         check(0.0 <= self.mix_prob <= 1.0, "model.mix_prob", "must be in [0, 1]")
         check(self.mix_db >= 0.0, "model.mix_db", "must be >= 0")
+        check(self.mask_fill == "bert" or (self.reads_frames and not self.causal), "model.mask_fill",
+              "noise fills masked frames: for masked priors that read frames (model.inputs frames or codes+frames)")
         check(self.mix_prob == 0.0 or (self.reads_frames and not self.causal), "model.mix_prob",
               "mixes windows into the frames a masked prior reads (model.inputs frames or codes+frames, "
               "objective mlm or masked_frames)")

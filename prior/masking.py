@@ -59,14 +59,24 @@ def corrupt_codes(codes: torch.Tensor, mask: torch.Tensor, mask_id: int, vocab: 
     return out
 
 
-def corrupt_frames(frames: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, gens: list[torch.Generator]
-                   ) -> torch.Tensor:
-    """TERA's corruption: 80% -> zeros, 10% -> a random frame of the same sequence, 10% -> unchanged.
+def corrupt_frames(frames: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, gens: list[torch.Generator],
+                   fill: str = "bert") -> torch.Tensor:
+    """What a masked prior reads in place of the masked frames.
+
+    `fill="bert"`: TERA's corruption, 80% -> zeros, 10% -> a random frame of the same sequence, 10% ->
+    unchanged. `fill="noise"`: every masked frame becomes standard normal noise (MusicFM and MuQ fill the
+    masked spans of the waveform with noise; the frames are standardised per band, so unit noise is at their
+    scale): nothing of the masked frame is left to copy, and a masked span never looks like a real frame.
 
     frames `(B, T, F)` normalised; mask `(B, T)`.
     """
     out = frames.clone()
     t = frames.shape[1]
+    if fill == "noise":
+        for i, g in enumerate(gens):
+            noise = torch.randn(t, frames.shape[2], generator=g, dtype=frames.dtype)
+            out[i][mask[i]] = noise[mask[i]]
+        return out
     for i, g in enumerate(gens):
         r = torch.rand(t, generator=g)
         src = torch.randint(0, max(1, int(lengths[i])), (t,), generator=g)

@@ -44,7 +44,8 @@ def _valid(lengths: torch.Tensor, t: int) -> torch.Tensor:
 
 def compute_loss(model: Prior, batch: Batch) -> LossOutput:
     """`model` may be wrapped (DDP, compile); its config is read from the unwrapped module. Masked objectives
-    corrupt what the prior reads (codes: 80/10/10 with [MASK]; frames: 80/10/10 with zeros) and score the
+    corrupt what the prior reads (codes: 80/10/10 with [MASK]; frames: 80/10/10 with zeros, or noise with
+    `mask_fill: noise`) and score the
     masked frames only; causal ones predict the target `shift` frames ahead from the past."""
     cfg = unwrap(model).cfg
     codes, frames, lengths = batch.codes, batch.frames, batch.lengths
@@ -56,7 +57,8 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
         c_in = corrupt_codes(codes.cpu(), mask, cfg.codebook_size, cfg.codebook_size, gens).to(codes.device) \
             if cfg.reads_codes else None
         heard = frames if batch.frames_in is None else batch.frames_in  # `mix_prob`: another window mixed in
-        f_in = corrupt_frames(heard.cpu(), mask, lengths.cpu(), gens).to(frames.device) if cfg.reads_frames else None
+        f_in = corrupt_frames(heard.cpu(), mask, lengths.cpu(), gens, cfg.mask_fill).to(frames.device) \
+            if cfg.reads_frames else None
         mask = mask.to(lengths.device)
         h = model(join_input(cfg, c_in, f_in), valid, keep=mask).hidden  # (N, D): only masked frames are predicted
         if cfg.predicts_codes:

@@ -108,9 +108,9 @@ def frame_coded(g):
     return frames, frames.argmax(-1)[:, None].expand(16, 2, 32).contiguous()
 
 
-def _fit_pair(inputs: str, steps: int = 80) -> float:
+def _fit_pair(inputs: str, steps: int = 80, fill: str = "bert") -> float:
     torch.manual_seed(0)
-    model = Prior(cfg(objective="mlm", inputs=inputs, layers=1, max_len=32, frame_dim=16))
+    model = Prior(cfg(objective="mlm", inputs=inputs, layers=1, max_len=32, frame_dim=16, mask_fill=fill))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(1)
     for step in range(steps):
@@ -128,6 +128,33 @@ def test_frames_to_codes_hides_the_masked_input(inputs):
     are a function of the frame alone stay near chance: 1/16, plus BERT's 10% of masked frames left unchanged
     (about 0.16). Fed the clean frames, it would read them all off (about 1.0)."""
     assert _fit_pair(inputs) < 0.3
+
+
+def test_noise_fill_replaces_every_masked_frame_and_nothing_else():
+    """`mask_fill: noise` (MusicFM / MuQ): each masked frame is unit normal noise drawn from the row's own
+    generator (so a row is corrupted alike on any rank), the others are untouched."""
+    lengths = torch.tensor([60, 37])
+    frames = torch.randn(2, 60, 12) * 0.1 + 5.0  # far from the noise, so a copied frame would show
+    frames[1, 37:] = 0.0
+    mask = span_mask(lengths, 60, 0.3, 5, row_generators(torch.tensor([3, 4])))
+    out = corrupt_frames(frames, mask, lengths, row_generators(torch.tensor([3, 4])), fill="noise")
+    torch.testing.assert_close(out[~mask], frames[~mask])
+    noise = out[mask]
+    assert (noise - frames[mask]).abs().min() > 0  # every masked frame replaced (BERT leaves 10% unchanged)
+    assert abs(float(noise.mean())) < 0.15 and abs(float(noise.std()) - 1.0) < 0.15
+    again = corrupt_frames(frames, mask, lengths, row_generators(torch.tensor([3, 4])), fill="noise")
+    torch.testing.assert_close(out, again)
+    one = corrupt_frames(frames[1:], mask[1:], lengths[1:], row_generators(torch.tensor([4])), fill="noise")
+    torch.testing.assert_close(one, out[1:])  # row 1 alone, as on another rank
+    # noise leaves nothing of the masked frame to read: codes that are a function of it stay at chance (1/16),
+    # below BERT's fill, whose 10% of unchanged masked frames give them away
+    assert _fit_pair("frames", fill="noise") < min(0.15, _fit_pair("frames"))
+    with pytest.raises(ConfigError, match="model.mask_fill"):
+        cfg(objective="mlm", mask_fill="noise")  # reads codes only
+    with pytest.raises(ConfigError, match="model.mask_fill"):
+        cfg(objective="next_frames", mask_fill="noise")
+    with pytest.raises(ConfigError, match=r"mask_fill: expected one of \['bert', 'noise'\], got 'zeros'"):
+        load_config(PriorConfig, None, ["mask_fill=zeros"])  # named as the section-less config names it
 
 
 def test_inputs_and_targets_build_the_right_heads():
@@ -379,3 +406,19 @@ def test_aux_frames_adds_the_masked_frame_l1():
     assert torch.allclose(with_aux - without, 0.5 * l1, atol=1e-5)
     with pytest.raises(ConfigError, match="aux_frames"):
         cfg(objective="masked_frames", aux_frames=1.0)
+
+
+def test_a_noise_fill_prior_trains_and_says_so(tmp_path, store):
+    from musetok.prior.train import PriorRunConfig, train_prior
+    over = TINY_PRIOR + ["model.inputs=frames", "model.aux_frames=1.0", "train.steps=30", "model.max_len=32"]
+    for fill in ("bert", "noise"):
+        train_prior(load_config(PriorRunConfig, None, over + [f"model.mask_fill={fill}"]), store, tmp_path / fill,
+                    progress=False)
+    recs = {f: [json.loads(ln) for ln in (tmp_path / f / "metrics.jsonl").read_text().splitlines()]
+            for f in ("bert", "noise")}
+    train = {f: [x["loss"] for x in r if x["split"] == "train"] for f, r in recs.items()}
+    assert train["noise"] != train["bert"] and np.mean(train["noise"][-2:]) < train["noise"][0]
+    card = (tmp_path / "noise" / "README.md").read_text()
+    assert "| reads -> predicts | frames -> codes + 1 x frames; masked frames read as noise |" in card
+    assert "noise" not in (tmp_path / "bert" / "README.md").read_text()
+    assert json.loads((tmp_path / "noise" / "config.json").read_text())["config"]["mask_fill"] == "noise"
