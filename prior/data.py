@@ -40,6 +40,14 @@ class Batch:
         return self.codes.shape[-1] if self.codes is not None else self.frames.shape[1]
 
 
+def _log_power(meta: StoreMeta, where: str, option: str) -> tuple[np.ndarray, np.ndarray]:
+    """The store's frame normaliser (log power = frame x std + mean, per band), or a one-line error."""
+    if not meta.frames_mean:
+        raise UserError(f"{where}: {option} needs the frames' normaliser, which stores written by "
+                        "`tokenize --with-frames` record (older stores lack it: tokenize again into a new folder)")
+    return np.asarray(meta.frames_mean, np.float32), np.asarray(meta.frames_std, np.float32)
+
+
 class Chroma:
     """Normalised frames of a semitone store `(..., S * bands)` -> chroma `(..., S, 12)`: per stacked mel frame,
     the power of each pitch class over all octaves, as a distribution (loudness drops out). MERT's musical
@@ -50,7 +58,7 @@ class Chroma:
             raise UserError(f"{where}: model.aux_chroma needs each frame band's pitch class, which only a store of "
                             "a semitone tokenizer (mel.scale: semitone) written by `tokenize --with-frames` records "
                             "(stores written before the chroma target lack it: tokenize again into a new folder)")
-        self.mean, self.std = np.asarray(meta.frames_mean, np.float32), np.asarray(meta.frames_std, np.float32)
+        self.mean, self.std = _log_power(meta, where, "model.aux_chroma")
         self.onehot = np.eye(12, dtype=np.float32)[np.asarray(meta.frames_pitch_class)]  # (bands, 12)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
@@ -59,14 +67,6 @@ class Chroma:
         power = np.exp(logp - logp.max(-1, keepdims=True))  # a frame's scale cancels in the normalisation
         chroma = power @ self.onehot
         return chroma / chroma.sum(-1, keepdims=True)
-
-
-def _log_power(meta: StoreMeta, where: str, option: str) -> tuple[np.ndarray, np.ndarray]:
-    """The store's frame normaliser (log power = frame x std + mean, per band), or a one-line error."""
-    if not meta.frames_mean:
-        raise UserError(f"{where}: {option} needs the frames' normaliser, which stores written by "
-                        "`tokenize --with-frames` record (older stores lack it: tokenize again into a new folder)")
-    return np.asarray(meta.frames_mean, np.float32), np.asarray(meta.frames_std, np.float32)
 
 
 class Mixer:
@@ -115,6 +115,7 @@ class WindowSource:
         if mix and not frames:
             raise ValueError("mixing changes the frames the prior reads: ask for frames too")
         self.mixer = Mixer(store.meta, str(store.root / "meta.json"), *mix) if mix else None
+        self.cum_weights = np.cumsum(self.lengths) / self.lengths.sum()  # a mixed-in file is drawn by its length
 
     @property
     def frames_total(self) -> int:
@@ -147,13 +148,12 @@ class WindowSource:
     def _mixed(self, frames: np.ndarray, lens: np.ndarray, mix: np.ndarray) -> np.ndarray:
         """The input frames: each window, or with probability `mix_prob` it with a stretch of another mixed in."""
         out = frames.copy()
-        cum = np.cumsum(self.lengths) / self.lengths.sum()
         for b, (u_on, u_src, u_start, u_len, u_at, u_db) in enumerate(mix):
             n = int(lens[b])
             if u_on >= self.mixer.prob or n < 2:
                 continue
             m = 1 + int(u_len * (n // 2))  # 1 .. n // 2 frames
-            j = min(int(np.searchsorted(cum, u_src, side="right")), len(self.items) - 1)  # length-weighted file
+            j = min(int(np.searchsorted(self.cum_weights, u_src, side="right")), len(self.items) - 1)
             src_len = int(self.lengths[j])
             m = min(m, src_len)
             src_start = int(u_start * (src_len - m + 1))

@@ -45,8 +45,8 @@ def _valid(lengths: torch.Tensor, t: int) -> torch.Tensor:
 def compute_loss(model: Prior, batch: Batch) -> LossOutput:
     """`model` may be wrapped (DDP, compile); its config is read from the unwrapped module. Masked objectives
     corrupt what the prior reads (codes: 80/10/10 with [MASK]; frames: 80/10/10 with zeros, or noise with
-    `mask_fill: noise`) and score the
-    masked frames only; causal ones predict the target `shift` frames ahead from the past."""
+    `mask_fill: noise`) and score the masked frames only; causal ones predict the target `shift` frames ahead
+    from the past."""
     cfg = unwrap(model).cfg
     codes, frames, lengths = batch.codes, batch.frames, batch.lengths
     t = batch.length
