@@ -3,6 +3,7 @@ each column).
 
     .venv/bin/python benchmarks/compare_runs.py RUN1/bench.json RUN2/bench.json ... [--rows SUBSTRING]
     .venv/bin/python benchmarks/compare_runs.py RUN/bench.json [RUN2/bench.json] --pair LEVER BASE
+    .venv/bin/python benchmarks/compare_runs.py RUN/bench.json ... --target
 
 Without `--pair`: one Markdown table per suite; rows are (features, task), columns the runs, cells the test
 metric's mean over the splits.
@@ -13,6 +14,11 @@ seeded splits (the same labels give the same splits in every run), so the differ
 noise that the cells' own std shows mostly cancels. Per task it prints both means, the mean difference ±
 its std over the splits, and in how many splits the lever was better; then the mean difference over all
 tasks, with its std over the splits (each split's mean over the tasks).
+
+`--target` prints, for each run, every prior against issue 11's bar (bench.md's "Against the target"
+section, recomputed from the cells, so older runs get it too): its mean relative gain over the best
+hand-crafted row per task, the tasks it does not win, its gain over the frames control and whether its
+layer curve rises above the input on key and pitch.
 """
 
 from __future__ import annotations
@@ -93,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rows", default="", help="only rows whose name contains this")
     ap.add_argument("--pair", nargs=2, metavar=("LEVER", "BASE"),
                     help="read row LEVER against row BASE split by split (each: [run index:]substring)")
+    ap.add_argument("--target", action="store_true", help="each run's priors against issue 11's bar")
     a = ap.parse_args(argv)
     records = []
     for p in a.runs:
@@ -100,7 +107,11 @@ def main(argv: list[str] | None = None) -> None:
             records.append(json.loads(p.read_text()))
         except (OSError, json.JSONDecodeError) as e:
             raise SystemExit(f"compare_runs: {p}: not a bench-repr bench.json ({e})") from None
-    if a.pair:
+    if a.target:
+        from musetok.evaluation.bench_repr import cells_from_record, format_target, target_rows
+        for p, r in zip(a.runs, records):
+            print(f"## {p}\n\n{format_target(target_rows(cells_from_record(r)))}\n")
+    elif a.pair:
         print_paired(paired(records, *a.pair))
     else:
         side_by_side(records, a.rows)

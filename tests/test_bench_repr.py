@@ -9,7 +9,19 @@ import numpy as np
 import pytest
 
 from musetok.cli import main
-from musetok.evaluation.bench_repr import RANDOM, check_disjoint, frontend_stats
+from musetok.evaluation.bench_repr import (
+    FRONTEND_SUFFIX,
+    HANDCRAFTED_ROWS,
+    PRIORS,
+    RANDOM,
+    RECOMMENDED,
+    Cell,
+    cells_from_record,
+    check_disjoint,
+    format_target,
+    frontend_stats,
+    target_rows,
+)
 from musetok.prior.builder import load_prior
 from musetok.shared.errors import UserError
 from musetok.shared.normalize import MelStats
@@ -209,3 +221,55 @@ def test_compare_runs_pairs_two_rows_split_by_split(bench, capsys):
     for spec, msg in (("prior:", "rows containing 'prior:'"), ("nothing like it", "0 rows"), ("5:mfcc", "no run 5")):
         with pytest.raises(SystemExit, match=msg):
             cr.paired([record], spec, "mfcc")
+
+
+def _cell(task, features, test, curve=None, suite="synthetic"):
+    """A cell with per-split `test` values; `curve`: the validation metric of input, layer1, layer2, mean."""
+    names = ["input", "layer1", "layer2", "mean of layers"] if curve else [features]
+    valid = [list(curve)] * len(test) if curve else [[0.0]] * len(test)
+    return Cell(suite, task, features, "accuracy", list(test), [names[0]] * len(test), valid, valid, names)
+
+
+def test_the_target_report_measures_each_prior_against_the_best_hand_crafted_row_and_the_control():
+    """Relative gain over the best hand-crafted row per task (the priors' input counts), a tie is not a win,
+    the control's gain, and the layer curve on key and pitch (combinations are not layers)."""
+    rec, ctl, front = PRIORS[RECOMMENDED][1], PRIORS["frames"][1], "log-semitone spectrogram" + FRONTEND_SUFFIX
+    mfcc, logmel = HANDCRAFTED_ROWS[:2]
+    cells = [_cell("key", rec, [0.9, 0.7], curve=[0.5, 0.6, 0.7, 0.9]), _cell("key", ctl, [0.5, 0.5], [0.5] * 4),
+             _cell("key", mfcc, [0.2, 0.2]), _cell("key", front, [0.6, 0.4]),
+             _cell("instrument", rec, [1.0, 1.0]), _cell("instrument", ctl, [0.8, 0.8]),
+             _cell("instrument", mfcc, [1.0, 1.0]), _cell("instrument", logmel, [0.5, 0.5]),
+             _cell("instrument", front, [0.4, 0.4]),
+             _cell("pitch", rec, [0.6, 0.6], curve=[0.8, 0.7, 0.7, 0.9], suite="real"),
+             _cell("pitch", mfcc, [0.3, 0.3], suite="real"), _cell("pitch", ctl, [0.3, 0.3], suite="real")]
+    rows = {r.features: r for r in target_rows(cells)}
+    assert set(rows) == {rec, ctl}
+    r = rows[rec]
+    assert r.gains == pytest.approx({("synthetic", "key"): 0.8 / 0.5 - 1, ("synthetic", "instrument"): 0.0,
+                                     ("real", "pitch"): 1.0})
+    assert r.gains_audio[("synthetic", "key")] == pytest.approx(0.8 / 0.2 - 1)
+    assert r.gains_control == pytest.approx({("synthetic", "key"): 0.6, ("synthetic", "instrument"): 0.25,
+                                             ("real", "pitch"): 1.0})
+    assert r.lost == [("synthetic", "instrument")]  # level with MFCC is not a win
+    assert r.curves == {("synthetic", "key"): (0.5, 0.7), ("real", "pitch"): (0.8, 0.7)}
+    assert not r.met
+    assert rows[ctl].gains_control == pytest.approx({k: 0.0 for k in r.gains_control})
+    won = [c for c in cells if not (c.task == "instrument" and c.features == mfcc)]
+    won = [_cell("pitch", rec, [0.6, 0.6], curve=[0.6, 0.7, 0.7, 0.9], suite="real") if c.features == rec
+           and c.task == "pitch" else c for c in won]
+    assert {r.features: r for r in target_rows(won)}[rec].met
+    md = format_target(target_rows(cells))
+    assert f"| {rec} | {100 * np.mean(list(r.gains.values())):+.1f}% | 1 of 3; level: synthetic instrument |" in md
+    assert f"| {ctl} | -6.7% | 3 of 3; below: synthetic instrument; level: synthetic key, real pitch |" in md
+    assert "real pitch no (0.800 -> 0.700)" in md
+
+
+def test_bench_md_and_json_report_the_target_and_compare_runs_recomputes_it(bench, capsys):
+    record = json.loads((bench / "bench.json").read_text())
+    rows = target_rows(cells_from_record(record))
+    assert [t["features"] for t in record["target"]] == [r.features for r in rows]
+    assert [t["mean_gain"] for t in record["target"]] == pytest.approx([r.mean_gain for r in rows])
+    md = (bench / "bench.md").read_text()
+    assert "## Against the target" in md and format_target(rows) in md
+    _compare_runs().main([str(bench / "bench.json"), "--target"])
+    assert format_target(rows) in capsys.readouterr().out
