@@ -250,7 +250,7 @@ def test_the_target_report_measures_each_prior_against_the_best_hand_crafted_row
     assert r.gains_audio[("synthetic", "key")] == pytest.approx(0.8 / 0.2 - 1)
     assert r.gains_control == pytest.approx({("synthetic", "key"): 0.6, ("synthetic", "instrument"): 0.25,
                                              ("real", "pitch"): 1.0})
-    assert r.lost == [("synthetic", "instrument")]  # level with MFCC is not a win
+    assert r.not_won == [("synthetic", "instrument")]  # level with MFCC is not a win
     assert r.curves == {("synthetic", "key"): (0.5, 0.7), ("real", "pitch"): (0.8, 0.7)}
     assert not r.met
     assert rows[ctl].gains_control == pytest.approx({k: 0.0 for k in r.gains_control})
