@@ -108,9 +108,10 @@ def main(argv: list[str] | None = None) -> None:
         except (OSError, json.JSONDecodeError) as e:
             raise SystemExit(f"compare_runs: {p}: not a bench-repr bench.json ({e})") from None
     if a.target:
-        from musetok.evaluation.bench_repr import cells_from_record, format_target, target_rows
+        from musetok.evaluation.bench_repr import cells_from_record, format_target, headroom, target_rows
         for p, r in zip(a.runs, records):
-            print(f"## {p}\n\n{format_target(target_rows(cells_from_record(r)))}\n")
+            cells = cells_from_record(r)
+            print(f"## {p}\n\n{format_target(target_rows(cells), headroom(cells))}\n")
     elif a.pair:
         print_paired(paired(records, *a.pair))
     else:

@@ -20,6 +20,7 @@ from musetok.evaluation.bench_repr import (
     check_disjoint,
     format_target,
     frontend_stats,
+    headroom,
     target_rows,
 )
 from musetok.prior.builder import load_prior
@@ -262,6 +263,15 @@ def test_the_target_report_measures_each_prior_against_the_best_hand_crafted_row
     assert f"| {rec} | {100 * np.mean(list(r.gains.values())):+.1f}% | 1 of 3; level: synthetic instrument |" in md
     assert f"| {ctl} | -6.7% | 3 of 3; below: synthetic instrument; level: synthetic key, real pitch |" in md
     assert "real pitch no (0.800 -> 0.700)" in md
+    room = headroom(cells)  # best hand-crafted: key 0.5 (the input row), instrument 1.0 (MFCC), real pitch 0.3
+    assert room.best == pytest.approx({("synthetic", "key"): 0.5, ("synthetic", "instrument"): 1.0,
+                                       ("real", "pitch"): 0.3})
+    assert room.ceiling == [("synthetic", "instrument")]
+    assert room.max_mean_gain == pytest.approx((1 / 0.5 - 1 + 0 + 1 / 0.3 - 1) / 3)
+    md = format_target(target_rows(cells), room)
+    assert "At the ceiling (a hand-crafted row scores 1.000, so no row can win): synthetic instrument;" in md
+    assert f"mean gain of {100 * room.max_mean_gain:+.1f}%" in md
+    assert "No task is at the ceiling." in format_target(target_rows(won), headroom(won))
 
 
 def test_bench_md_and_json_report_the_target_and_compare_runs_recomputes_it(bench, capsys):
@@ -270,6 +280,8 @@ def test_bench_md_and_json_report_the_target_and_compare_runs_recomputes_it(benc
     assert [t["features"] for t in record["target"]] == [r.features for r in rows]
     assert [t["mean_gain"] for t in record["target"]] == pytest.approx([r.mean_gain for r in rows])
     md = (bench / "bench.md").read_text()
-    assert "## Against the target" in md and format_target(rows) in md
+    room = headroom(cells_from_record(record))
+    assert record["headroom"]["max_mean_gain"] == pytest.approx(room.max_mean_gain)
+    assert "## Against the target" in md and format_target(rows, room) in md
     _compare_runs().main([str(bench / "bench.json"), "--target"])
-    assert format_target(rows) in capsys.readouterr().out
+    assert format_target(rows, room) in capsys.readouterr().out
