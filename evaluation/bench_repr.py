@@ -434,37 +434,6 @@ def cells_from_record(record: dict) -> list[Cell]:
     return [Cell(**{k: c[k] for k in names}) for c in record["cells"]]
 
 
-def target_rows(cells: list[Cell], control: str = PRIORS["frames"][1]) -> list[TargetRow]:
-    """Every prior row (trained, or random weights) against the issue's bar. The control is measured against
-    itself too (its gain over the control is 0). Tasks no hand-crafted row has are skipped."""
-    by = {(c.suite, c.task, c.features): c for c in cells}
-    tasks = list(dict.fromkeys((c.suite, c.task) for c in cells))
-    all_names = list(dict.fromkeys(c.features for c in cells))
-    names = [n for n in all_names if n.startswith(("prior: ", "random-weights prior"))]
-    hand_rows = [n for n in all_names if is_handcrafted(n)]
-    rows = []
-    for n in names:
-        row = TargetRow(n, {}, {}, {}, {})
-        for st in tasks:
-            c = by.get((*st, n))
-            hand = [by[(*st, h)].mean for h in hand_rows if (*st, h) in by]
-            audio = [by[(*st, h)].mean for h in HANDCRAFTED_ROWS if (*st, h) in by]
-            if c is None or not hand:
-                continue
-            row.gains[st] = c.mean / max(max(hand), 1e-9) - 1
-            if audio:
-                row.gains_audio[st] = c.mean / max(max(audio), 1e-9) - 1
-            if (*st, control) in by:
-                row.gains_control[st] = c.mean / max(by[(*st, control)].mean, 1e-9) - 1
-            if any(t in st[1] for t in CURVE_TASKS) and "input" in c.layer_names:
-                valid = np.mean(c.per_layer_valid, axis=0)
-                deeper = [v for name, v in zip(c.layer_names, valid) if name.startswith("layer")]
-                if deeper:
-                    row.curves[st] = (float(valid[c.layer_names.index("input")]), float(max(deeper)))
-        rows.append(row)
-    return rows
-
-
 @dataclass
 class Headroom:
     """How much the bar leaves to win: per (suite, task) the best hand-crafted row's test mean. A task where it
@@ -489,6 +458,36 @@ def headroom(cells: list[Cell]) -> Headroom:
         if is_handcrafted(c.features):
             by[(c.suite, c.task)] = max(by.get((c.suite, c.task), 0.0), c.mean)
     return Headroom(by)
+
+
+def target_rows(cells: list[Cell], control: str = PRIORS["frames"][1]) -> list[TargetRow]:
+    """Every prior row (trained, or random weights) against the issue's bar. The control is measured against
+    itself too (its gain over the control is 0). Tasks no hand-crafted row has are skipped."""
+    by = {(c.suite, c.task, c.features): c for c in cells}
+    tasks = list(dict.fromkeys((c.suite, c.task) for c in cells))
+    all_names = list(dict.fromkeys(c.features for c in cells))
+    names = [n for n in all_names if n.startswith(("prior: ", "random-weights prior"))]
+    best = headroom(cells).best
+    rows = []
+    for n in names:
+        row = TargetRow(n, {}, {}, {}, {})
+        for st in tasks:
+            c = by.get((*st, n))
+            audio = [by[(*st, h)].mean for h in HANDCRAFTED_ROWS if (*st, h) in by]
+            if c is None or st not in best:
+                continue
+            row.gains[st] = c.mean / max(best[st], 1e-9) - 1
+            if audio:
+                row.gains_audio[st] = c.mean / max(max(audio), 1e-9) - 1
+            if (*st, control) in by:
+                row.gains_control[st] = c.mean / max(by[(*st, control)].mean, 1e-9) - 1
+            if any(t in st[1] for t in CURVE_TASKS) and "input" in c.layer_names:
+                valid = np.mean(c.per_layer_valid, axis=0)
+                deeper = [v for name, v in zip(c.layer_names, valid) if name.startswith("layer")]
+                if deeper:
+                    row.curves[st] = (float(valid[c.layer_names.index("input")]), float(max(deeper)))
+        rows.append(row)
+    return rows
 
 
 def format_target(rows: list[TargetRow], room: Headroom | None = None) -> str:
