@@ -10,7 +10,8 @@ For each suite (the synthetic one always; the real-music dev kit when `--data` p
    frames -> second-round codes (HuBERT: k-means on the trained recommended prior's middle layer) and the
    recommended prior with MERT's chroma target beside its own (`frames_codes_chroma`), and the recommended
    prior trained on windows with others mixed in (`frames_codes_mix`, WavLM / MERT) or reading its masked
-   frames as noise (`frames_codes_noise`, MusicFM / MuQ), and the control with that fill (`frames_noise`);
+   frames as noise (`frames_codes_noise`, MusicFM / MuQ), and the control with that fill (`frames_noise`), and
+   both with a frozen random orthogonal input projection (`frames_codes_fixed`, `frames_fixed`);
 2. probe sets whose audio the tokenizer, its normaliser and the priors never saw (checked by path and
    by content hash: the benchmark refuses to run otherwise);
 3. rows, all pooled over time the same way (mean and standard deviation, `meanstd`): every prior per
@@ -85,6 +86,12 @@ PRIORS["frames_codes_noise"] = (PRIORS["frames_codes_aux"][0] + ["model.mask_fil
 # The same fill on the continuous control: +0.014 (seed 0) and +0.010 (seed 1) against the control over the 9 cells.
 PRIORS["frames_noise"] = (PRIORS["frames"][0] + ["model.mask_fill=noise"],
                           "prior: frames -> frames, noise-filled masks (masked_frames, MusicFM-style)")
+# A frozen random orthogonal input projection (`model.input_proj: fixed`) on the recommended prior and the control:
+# the input layer keeps the frames' every direction at their own conditioning (a trained one loses pitch).
+PRIORS["frames_codes_fixed"] = (PRIORS["frames_codes_aux"][0] + ["model.input_proj=fixed"],
+                                "prior: frames -> codes + frames, fixed input projection (mlm)")
+PRIORS["frames_fixed"] = (PRIORS["frames"][0] + ["model.input_proj=fixed"],
+                          "prior: frames -> frames, fixed input projection (masked_frames)")
 # The prior the `small` configs ship (configs/prior/small.yaml; checked by the tests).
 RECOMMENDED = "frames_codes_aux"
 # HuBERT's second round: the recommended prior again, its code targets replaced by k-means on the middle layer of

@@ -177,6 +177,12 @@ class Prior(nn.Module):
         for block in self.blocks:
             for proj in (block.attn.out, block.mlp.down):
                 nn.init.normal_(proj.weight, std=0.02 / (2 * cfg.layers) ** 0.5)
+        if cfg.reads_frames and cfg.input_proj == "fixed":
+            # A frozen random orthogonal map (an isometry of the frames, up to scale): the input layer keeps every
+            # direction of the frames at the conditioning it has there, whatever the objective trains the blocks
+            # for. Scaled so each output has the learned init's spread (std 0.02 * sqrt(frame_dim)).
+            nn.init.orthogonal_(self.proj_in.weight, gain=0.02 * max(cfg.dim, cfg.frame_dim) ** 0.5)
+            self.proj_in.requires_grad_(False)
 
     @staticmethod
     def _init(m: nn.Module) -> None:

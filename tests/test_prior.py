@@ -422,3 +422,32 @@ def test_a_noise_fill_prior_trains_and_says_so(tmp_path, store):
     assert "| reads -> predicts | frames -> codes + 1 x frames; masked frames read as noise |" in card
     assert "noise" not in (tmp_path / "bert" / "README.md").read_text()
     assert json.loads((tmp_path / "noise" / "config.json").read_text())["config"]["mask_fill"] == "noise"
+
+
+def test_a_fixed_input_projection_stays_as_drawn_while_the_blocks_train(tmp_path, store):
+    """`input_proj: fixed`: the frames -> dim map is a frozen random orthogonal one (the input layer an isometry
+    of the frames, up to scale), saved with the prior and read back; the blocks still train."""
+    from musetok.prior.builder import load_prior
+    from musetok.prior.train import PriorRunConfig, train_prior
+    over = TINY_PRIOR + ["model.inputs=frames", "model.aux_frames=1.0", "train.steps=30", "model.max_len=32"]
+
+    def grams(w):  # gram of the shorter side, and what it would be for orthogonal vectors of the init's length
+        g = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+        return g, 0.02 ** 2 * max(w.shape) * torch.eye(min(w.shape))
+
+    g, iso = grams(Prior(cfg(inputs="frames", input_proj="fixed")).proj_in.weight)
+    assert torch.allclose(g, iso, atol=1e-6)
+    for proj in ("learned", "fixed"):
+        train_prior(load_config(PriorRunConfig, None, over + [f"model.input_proj={proj}"]), store,
+                    tmp_path / proj, progress=False)
+        trained = load_prior(tmp_path / proj)
+        assert trained.cfg.input_proj == proj and trained.proj_in.weight.requires_grad == (proj == "learned")
+        g, iso = grams(trained.proj_in.weight)
+        assert torch.allclose(g, iso, atol=1e-6) == (proj == "fixed")  # untouched by 30 steps only when fixed
+        losses = [json.loads(ln)["loss"] for ln in (tmp_path / proj / "metrics.jsonl").read_text().splitlines()
+                  if json.loads(ln)["split"] == "train"]
+        assert np.mean(losses[-2:]) < losses[0]  # the rest of the prior learns
+        card = (tmp_path / proj / "README.md").read_text()
+        assert ("fixed random orthogonal projection" in card) == (proj == "fixed")
+    with pytest.raises(ConfigError, match="model.input_proj"):
+        cfg(objective="mlm", input_proj="fixed")  # reads codes only
