@@ -87,7 +87,7 @@ PRIORS["frames_codes_noise"] = (PRIORS["frames_codes_aux"][0] + ["model.mask_fil
 PRIORS["frames_noise"] = (PRIORS["frames"][0] + ["model.mask_fill=noise"],
                           "prior: frames -> frames, noise-filled masks (masked_frames, MusicFM-style)")
 # A frozen random orthogonal input projection (`model.input_proj: fixed`) on the recommended prior and the control:
-# the input layer keeps the frames' every direction at their own conditioning (a trained one loses pitch).
+# the input layer keeps the frames' every direction. Seed 0: real-music pitch 0.725 -> 0.810, instrument 0.546 -> 0.448.
 PRIORS["frames_codes_fixed"] = (PRIORS["frames_codes_aux"][0] + ["model.input_proj=fixed"],
                                 "prior: frames -> codes + frames, fixed input projection (mlm)")
 PRIORS["frames_fixed"] = (PRIORS["frames"][0] + ["model.input_proj=fixed"],

@@ -177,7 +177,7 @@ class Prior(nn.Module):
         for block in self.blocks:
             for proj in (block.attn.out, block.mlp.down):
                 nn.init.normal_(proj.weight, std=0.02 / (2 * cfg.layers) ** 0.5)
-        if cfg.reads_frames and cfg.input_proj == "fixed":
+        if cfg.input_proj == "fixed":  # reads frames (the config checks it)
             # A frozen random orthogonal map (an isometry of the frames, up to scale): the input layer keeps every
             # direction of the frames at the conditioning it has there, whatever the objective trains the blocks
             # for. Scaled so each output has the learned init's spread (std 0.02 * sqrt(frame_dim)).

@@ -157,7 +157,7 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                                               f"at +-{mc.mix_db:g} dB" if mc.mix_prob > 0 else "")
                                            + ("; masked frames read as noise" if mc.mask_fill == "noise" else "")
                                            + ("; frames through a fixed random orthogonal projection"
-                                              if mc.reads_frames and mc.input_proj == "fixed" else ""),
+                                              if mc.input_proj == "fixed" else ""),
                       "validation": metrics_txt, "tokenizer id": mc.tokenizer_id,
                       "frame rate": f"{mc.frame_rate:.2f} Hz"},
                      'from musetok.embedding import Embedder\n\n'
