@@ -11,7 +11,8 @@ For each suite (the synthetic one always; the real-music dev kit when `--data` p
    recommended prior with MERT's chroma target beside its own (`frames_codes_chroma`), and the recommended
    prior trained on windows with others mixed in (`frames_codes_mix`, WavLM / MERT) or reading its masked
    frames as noise (`frames_codes_noise`, MusicFM / MuQ), and the control with that fill (`frames_noise`), and
-   both with a frozen random orthogonal input projection (`frames_codes_fixed`, `frames_fixed`);
+   both with a frozen random orthogonal input projection (`frames_codes_fixed`, `frames_fixed`) or with one
+   beside a learned one, half the width each (`frames_codes_split`, `frames_split`);
 2. probe sets whose audio the tokenizer, its normaliser and the priors never saw (checked by path and
    by content hash: the benchmark refuses to run otherwise);
 3. rows, all pooled over time the same way (mean and standard deviation, `meanstd`): every prior per
@@ -92,6 +93,11 @@ PRIORS["frames_codes_fixed"] = (PRIORS["frames_codes_aux"][0] + ["model.input_pr
                                 "prior: frames -> codes + frames, fixed input projection (mlm)")
 PRIORS["frames_fixed"] = (PRIORS["frames"][0] + ["model.input_proj=fixed"],
                           "prior: frames -> frames, fixed input projection (masked_frames)")
+# Both at once (`model.input_proj: split`): half the width the frozen map, half a learned one, side by side.
+PRIORS["frames_codes_split"] = (PRIORS["frames_codes_aux"][0] + ["model.input_proj=split"],
+                                "prior: frames -> codes + frames, fixed + learned input projection (mlm)")
+PRIORS["frames_split"] = (PRIORS["frames"][0] + ["model.input_proj=split"],
+                          "prior: frames -> frames, fixed + learned input projection (masked_frames)")
 # The prior the `small` configs ship (configs/prior/small.yaml; checked by the tests).
 RECOMMENDED = "frames_codes_aux"
 # HuBERT's second round: the recommended prior again, its code targets replaced by k-means on the middle layer of

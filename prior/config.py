@@ -43,7 +43,8 @@ class PriorConfig:
     mask_rate: float = 0.3          # mlm / masked_frames: fraction of frames inside masked spans
     mask_span: int = 5              # consecutive frames per span (single frames are solved by smoothness)
     mask_fill: Literal["bert", "noise"] = "bert"  # masked frames read: 80/10/10 zeros/other/same, or noise (MusicFM)
-    input_proj: Literal["learned", "fixed"] = "learned"  # frames -> dim: trained, or a frozen random orthogonal map
+    # frames -> dim: trained, a frozen random orthogonal map, or `split` (half the width each, side by side)
+    input_proj: Literal["learned", "fixed", "split"] = "learned"
     predict_ahead: int = 3          # next_frames: predict the frame this many steps ahead (APC's n)
     aux_frames: float = 0.0         # code targets: + this weight x L1 of the masked frames (MERT's CQT target)
     aux_chroma: float = 0.0         # masked priors: + this weight x KL of the masked frames' chroma (semitone stores)
@@ -82,7 +83,7 @@ class PriorConfig:
         check(self.mask_fill == "bert" or (self.reads_frames and not self.causal), "model.mask_fill",
               "noise fills masked frames: for masked priors that read frames (model.inputs frames or codes+frames)")
         check(self.input_proj == "learned" or self.reads_frames, "model.input_proj",
-              "fixed is the projection of the frames a prior reads (model.inputs frames or codes+frames)")
+              f"{self.input_proj} is the projection of the frames a prior reads (model.inputs frames or codes+frames)")
         check(self.mix_prob == 0.0 or (self.reads_frames and not self.causal), "model.mix_prob",
               "mixes windows into the frames a masked prior reads (model.inputs frames or codes+frames, "
               "objective mlm or masked_frames)")

@@ -149,8 +149,10 @@ class Prior(nn.Module):
                                        for _ in range(cfg.num_codebooks))
             if cfg.code_mix == "weighted":  # DASB: a learned softmax over codebooks (x K, so it starts as the sum)
                 self.code_weights = nn.Parameter(torch.zeros(cfg.num_codebooks))
-        if cfg.reads_frames:
-            self.proj_in = nn.Linear(cfg.frame_dim, cfg.dim)
+        if cfg.reads_frames:  # `split`: half the width a frozen map (`proj_fixed`, below), the other half learned
+            self.proj_in = nn.Linear(cfg.frame_dim, cfg.dim - cfg.dim // 2 if cfg.input_proj == "split" else cfg.dim)
+            if cfg.input_proj == "split":
+                self.proj_fixed = nn.Linear(cfg.frame_dim, cfg.dim // 2, bias=False)
         if cfg.predicts_codes:
             k, v = cfg.target_codebooks
             self.head_bias = nn.Parameter(torch.zeros(k, v))
@@ -177,12 +179,13 @@ class Prior(nn.Module):
         for block in self.blocks:
             for proj in (block.attn.out, block.mlp.down):
                 nn.init.normal_(proj.weight, std=0.02 / (2 * cfg.layers) ** 0.5)
-        if cfg.input_proj == "fixed":  # reads frames (the config checks it)
+        if cfg.input_proj != "learned":  # reads frames (the config checks it)
             # A frozen random orthogonal map (an isometry of the frames, up to scale): the input layer keeps every
             # direction of the frames at the conditioning it has there, whatever the objective trains the blocks
             # for. Scaled so each output has the learned init's spread (std 0.02 * sqrt(frame_dim)).
-            nn.init.orthogonal_(self.proj_in.weight, gain=0.02 * max(cfg.dim, cfg.frame_dim) ** 0.5)
-            self.proj_in.requires_grad_(False)
+            frozen = self.proj_in if cfg.input_proj == "fixed" else self.proj_fixed
+            nn.init.orthogonal_(frozen.weight, gain=0.02 * max(frozen.weight.shape) ** 0.5)
+            frozen.requires_grad_(False)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -218,7 +221,10 @@ class Prior(nn.Module):
             else:
                 h = sum(emb(codes[:, k]) for k, emb in enumerate(self.embed))
         if frames is not None:
-            h = self.proj_in(frames) if h is None else h + self.proj_in(frames)
+            f = self.proj_in(frames)
+            if self.cfg.input_proj == "split":  # frozen half first, learned half after
+                f = torch.cat([self.proj_fixed(frames), f], dim=-1)
+            h = f if h is None else h + f
         return h
 
     def forward(self, x, valid: torch.Tensor | None = None, output_hidden_states: bool = False,

@@ -156,8 +156,9 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                                            + (f"; {mc.mix_prob:.0%} of training windows heard with another mixed in "
                                               f"at +-{mc.mix_db:g} dB" if mc.mix_prob > 0 else "")
                                            + ("; masked frames read as noise" if mc.mask_fill == "noise" else "")
-                                           + ("; frames through a fixed random orthogonal projection"
-                                              if mc.input_proj == "fixed" else ""),
+                                           + {"learned": "", "fixed": "; frames through a fixed random orthogonal "
+                                              "projection", "split": "; frames through a fixed random orthogonal "
+                                              "projection beside a learned one (half the width each)"}[mc.input_proj],
                       "validation": metrics_txt, "tokenizer id": mc.tokenizer_id,
                       "frame rate": f"{mc.frame_rate:.2f} Hz"},
                      'from musetok.embedding import Embedder\n\n'

@@ -426,7 +426,8 @@ def test_a_noise_fill_prior_trains_and_says_so(tmp_path, store):
 
 def test_a_fixed_input_projection_stays_as_drawn_while_the_blocks_train(tmp_path, store):
     """`input_proj: fixed`: the frames -> dim map is a frozen random orthogonal one (the input layer an isometry
-    of the frames, up to scale), saved with the prior and read back; the blocks still train."""
+    of the frames, up to scale), saved with the prior and read back; the blocks still train. `split`: that map
+    fills the first half of the width and a learned one the rest, side by side."""
     from musetok.prior.builder import load_prior
     from musetok.prior.train import PriorRunConfig, train_prior
     over = TINY_PRIOR + ["model.inputs=frames", "model.aux_frames=1.0", "train.steps=30", "model.max_len=32"]
@@ -437,17 +438,34 @@ def test_a_fixed_input_projection_stays_as_drawn_while_the_blocks_train(tmp_path
 
     g, iso = grams(Prior(cfg(inputs="frames", input_proj="fixed")).proj_in.weight)
     assert torch.allclose(g, iso, atol=1e-6)
-    for proj in ("learned", "fixed"):
+    for proj in ("learned", "fixed", "split"):
         train_prior(load_config(PriorRunConfig, None, over + [f"model.input_proj={proj}"]), store,
                     tmp_path / proj, progress=False)
         trained = load_prior(tmp_path / proj)
-        assert trained.cfg.input_proj == proj and trained.proj_in.weight.requires_grad == (proj == "learned")
-        g, iso = grams(trained.proj_in.weight)
-        assert torch.allclose(g, iso, atol=1e-6) == (proj == "fixed")  # untouched by 30 steps only when fixed
+        frozen = trained.proj_fixed if proj == "split" else trained.proj_in
+        assert trained.cfg.input_proj == proj and frozen.weight.requires_grad == (proj == "learned")
+        assert hasattr(trained, "proj_fixed") == (proj == "split")
+        g, iso = grams(frozen.weight)
+        assert torch.allclose(g, iso, atol=1e-6) == (proj != "learned")  # untouched by 30 steps unless learned
+        dim = trained.cfg.dim
+        if proj != "fixed":  # the learned map: the whole width, or the half beside the frozen one
+            assert trained.proj_in.weight.requires_grad
+            assert trained.proj_in.out_features == (dim - dim // 2 if proj == "split" else dim)
+        if proj == "split":  # the input layer: the frozen half, then the learned half
+            g, iso = grams(trained.proj_in.weight)
+            assert not torch.allclose(g, iso, atol=1e-6)
+            frames = torch.randn(2, 8, trained.cfg.frame_dim)
+            with torch.no_grad():
+                h = trained.embed_inputs(frames)
+            assert h.shape == (2, 8, dim)
+            assert torch.allclose(h[..., : dim // 2], frames @ frozen.weight.T, atol=1e-6)
+            assert torch.allclose(h[..., dim // 2:], trained.proj_in(frames), atol=1e-6)
         losses = [json.loads(ln)["loss"] for ln in (tmp_path / proj / "metrics.jsonl").read_text().splitlines()
                   if json.loads(ln)["split"] == "train"]
         assert np.mean(losses[-2:]) < losses[0]  # the rest of the prior learns
         card = (tmp_path / proj / "README.md").read_text()
-        assert ("fixed random orthogonal projection" in card) == (proj == "fixed")
-    with pytest.raises(ConfigError, match="model.input_proj"):
-        cfg(objective="mlm", input_proj="fixed")  # reads codes only
+        assert ("fixed random orthogonal projection" in card) == (proj != "learned")
+        assert ("beside a learned one" in card) == (proj == "split")
+    for proj in ("fixed", "split"):
+        with pytest.raises(ConfigError, match="model.input_proj"):
+            cfg(objective="mlm", input_proj=proj)  # reads codes only
