@@ -271,8 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "frames_codes_chroma (+ chroma target), frames_codes_mix (+ windows mixed in), "
                         "frames_codes_noise (masks filled with noise), frames_noise (the control, noise-filled), "
                         "frames_codes_fixed, frames_fixed (a frozen input projection), frames_codes_split, "
-                        "frames_split (frozen and learned, half the width each), frames_kmeans (second round: trains "
-                        "frames_codes_aux first), frames (the frames control always is)")
+                        "frames_split (frozen and learned, half the width each), frames_codes_drop, "
+                        "frames_drop (residual dropout 0.1), frames_kmeans (second round: trains frames_codes_aux "
+                        "first), frames (the frames control always is)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_bench_repr)

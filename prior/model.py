@@ -46,7 +46,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class Attention(nn.Module):
     def __init__(self, cfg: PriorConfig):
         super().__init__()
-        self.heads, self.dropout = cfg.heads, cfg.dropout
+        self.heads = cfg.heads
+        self.dropout = cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout  # on the attention weights
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
 

@@ -181,6 +181,25 @@ def test_swiglu_and_dropout():
     assert acc > 0.6
 
 
+def test_attention_dropout_is_its_own_setting():
+    """`attn_dropout` null follows `dropout`; 0 keeps the attention weights whole while the residuals drop."""
+    torch.manual_seed(0)
+    x, codes = torch.randn(2, 20, 32), torch.randint(0, 16, (2, 2, 20))
+
+    def train_mode(**kw):
+        model = Prior(cfg(objective="mlm", **kw)).train()
+        cos, sin = model.rope_cos[:20], model.rope_sin[:20]
+        attn = model.blocks[0].attn
+        return model, torch.equal(attn(x, cos, sin, None, False), attn(x, cos, sin, None, False))
+
+    model, attention_repeats = train_mode(dropout=0.3, attn_dropout=0.0)
+    assert attention_repeats and not torch.equal(model(codes).hidden, model(codes).hidden)
+    assert not train_mode(dropout=0.3)[1]  # null: the attention weights drop too
+    assert not train_mode(dropout=0.0, attn_dropout=0.3)[1]
+    with pytest.raises(ConfigError, match="model.attn_dropout"):
+        cfg(attn_dropout=1.0)
+
+
 def test_init_and_weight_decay_groups():
     from musetok.shared.training import make_optimizer
     model = Prior(cfg(dim=256, heads=4, layers=4, codebook_size=512, num_codebooks=1))
