@@ -52,7 +52,7 @@ from musetok.prior.builder import build_prior_for_store
 from musetok.prior.config import PriorConfig
 from musetok.prior.train import PriorRunConfig, train_prior
 from musetok.shared.audio import list_audio
-from musetok.shared.config import load_config, to_dict
+from musetok.shared.config import ConfigError, from_dict, load_config, to_dict
 from musetok.shared.errors import UserError
 from musetok.shared.io import file_sha1, write_json
 from musetok.shared.plots import plot_layer_curves
@@ -105,6 +105,12 @@ PRIORS["frames_codes_split"] = _variant("frames_codes_aux", "model.input_proj=sp
                                         row="prior: frames -> codes + frames, fixed + learned input projection (mlm)")
 PRIORS["frames_split"] = _variant("frames", "model.input_proj=split",
                                   row="prior: frames -> frames, fixed + learned input projection (masked_frames)")
+# MusicFM / MuQ's convolutional front-end, along frequency (`model.input_proj: conv`): one convolution across each
+# frame's bands, its filters shared by every pitch, beside the learned map. The recommended prior and the control.
+PRIORS["frames_codes_conv"] = _variant("frames_codes_aux", "model.input_proj=conv",
+                                       row="prior: frames -> codes + frames, conv front-end (mlm)")
+PRIORS["frames_conv"] = _variant("frames", "model.input_proj=conv",
+                                 row="prior: frames -> frames, conv front-end (masked_frames)")
 # Regularisation for hours of audio (BERT's and MERT's dropout 0.1), on the residual branches only: dropout on the
 # attention weights takes SDPA off its fused CPU kernel (~4x slower attention). The recommended prior and the control.
 PRIORS["frames_codes_drop"] = _variant("frames_codes_aux", "model.dropout=0.1", "model.attn_dropout=0.0",
@@ -235,13 +241,22 @@ def read_rows(labels: Path) -> list[dict]:
 RUN_RECORD = "bench_run.json"  # the run config a model in the benchmark's folder was trained with
 
 
+def _settings(record: Path, cls) -> dict | None:
+    """A run record read back through its config class, so a setting added since (absent from the record) counts
+    at its default; None when the record no longer parses (a setting removed or renamed)."""
+    try:
+        return json.loads(json.dumps(to_dict(from_dict(cls, json.loads(record.read_text())))))
+    except ConfigError:
+        return None
+
+
 def reuse(folder: Path, run) -> bool:
     """True when `folder` holds a model trained by this benchmark with exactly `run` (an interrupted or repeated
     run picks it up); False when there is none. A model trained with other settings is refused, never reused."""
     if not (folder / "model.safetensors").exists():
         return False
     record = folder / RUN_RECORD
-    if not record.exists() or json.loads(record.read_text()) != json.loads(json.dumps(to_dict(run))):
+    if not record.exists() or _settings(record, type(run)) != json.loads(json.dumps(to_dict(run))):
         raise UserError(f"{folder}: holds a model trained with other settings than this run's; use another --out "
                         "or remove that folder")
     return True

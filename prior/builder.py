@@ -22,7 +22,7 @@ def bind_to_store(cfg: PriorConfig, meta: StoreMeta) -> PriorConfig:
     chroma_dim = 12 * (meta.frames_dim // bands) if cfg.aux_chroma > 0 and bands else 0
     return replace(cfg, codebook_size=meta.codebook_size, num_codebooks=meta.num_codebooks,
                    frame_rate=meta.frame_rate, tokenizer_id=meta.tokenizer_id, frame_dim=meta.frames_dim,
-                   codes_source=meta.codes_source, chroma_dim=chroma_dim)
+                   codes_source=meta.codes_source, chroma_dim=chroma_dim, frame_bands=len(meta.frames_mean))
 
 
 def build_prior_for_store(cfg: PriorConfig, store: TokenStore) -> Prior:

@@ -44,8 +44,10 @@ class PriorConfig:
     mask_rate: float = 0.3          # mlm / masked_frames: fraction of frames inside masked spans
     mask_span: int = 5              # consecutive frames per span (single frames are solved by smoothness)
     mask_fill: Literal["bert", "noise"] = "bert"  # masked frames read: 80/10/10 zeros/other/same, or noise (MusicFM)
-    # frames -> dim: trained, a frozen random orthogonal map, or `split` (half the width each, side by side)
-    input_proj: Literal["learned", "fixed", "split"] = "learned"
+    # frames -> dim: trained, a frozen random orthogonal map, `split` (half the width each, side by side), or
+    # `conv`: the trained map plus a convolution along each frame's bands (MusicFM / MuQ's conv front-end, in frequency)
+    input_proj: Literal["learned", "fixed", "split", "conv"] = "learned"
+    conv_channels: int = 32         # input_proj=conv: channels of its convolution
     predict_ahead: int = 3          # next_frames: predict the frame this many steps ahead (APC's n)
     aux_frames: float = 0.0         # code targets: + this weight x L1 of the masked frames (MERT's CQT target)
     aux_chroma: float = 0.0         # masked priors: + this weight x KL of the masked frames' chroma (semitone stores)
@@ -59,6 +61,7 @@ class PriorConfig:
     codebook_size: int = 0
     num_codebooks: int = 1
     frame_dim: int = 0              # continuous objectives: size of one (stacked, normalised) mel frame
+    frame_bands: int = 0            # bands per mel frame (frame_dim // frame_bands frames are stacked in one)
     chroma_dim: int = 0             # aux_chroma: 12 pitch classes x the mel frames stacked in one frame
     tokenizer_id: str = ""
     frame_rate: float = 0.0
@@ -87,6 +90,7 @@ class PriorConfig:
               "noise fills masked frames: for masked priors that read frames (model.inputs frames or codes+frames)")
         check(self.input_proj == "learned" or self.reads_frames, "model.input_proj",
               f"{self.input_proj} is the projection of the frames a prior reads (model.inputs frames or codes+frames)")
+        check(self.conv_channels >= 1, "model.conv_channels", "must be >= 1")
         check(self.mix_prob == 0.0 or (self.reads_frames and not self.causal), "model.mix_prob",
               "mixes windows into the frames a masked prior reads (model.inputs frames or codes+frames, "
               "objective mlm or masked_frames)")

@@ -158,7 +158,9 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                                            + ("; masked frames read as noise" if mc.mask_fill == "noise" else "")
                                            + {"learned": "", "fixed": "; frames through a fixed random orthogonal "
                                               "projection", "split": "; frames through a fixed random orthogonal "
-                                              "projection beside a learned one (half the width each)"}[mc.input_proj],
+                                              "projection beside a learned one (half the width each)",
+                                              "conv": "; frames through a learned projection plus a convolution "
+                                              "along their bands"}[mc.input_proj],
                       "validation": metrics_txt, "tokenizer id": mc.tokenizer_id,
                       "frame rate": f"{mc.frame_rate:.2f} Hz"},
                      'from musetok.embedding import Embedder\n\n'

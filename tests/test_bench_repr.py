@@ -15,12 +15,14 @@ from musetok.evaluation.bench_repr import (
     PRIORS,
     RANDOM,
     RECOMMENDED,
+    RUN_RECORD,
     Cell,
     cells_from_record,
     check_disjoint,
     format_target,
     frontend_stats,
     headroom,
+    reuse,
     target_rows,
 )
 from musetok.prior.builder import load_prior
@@ -175,6 +177,27 @@ def test_a_model_trained_with_other_settings_is_refused_not_reused(bench, tmp_pa
     args = ["bench-repr", "--quick", "--out", str(out), "--quiet", *QUICK_PRIORS]
     assert main(args + ["--set", "model.mask_rate=0.5"]) == 2
     assert "prior_codes: holds a model trained with other settings" in capsys.readouterr().err
+
+
+def test_a_setting_added_since_counts_at_its_default_when_reusing(tmp_path):
+    """A model's run record from before a setting existed (the key absent) matches a run with that setting at its
+    default, and only then; a record with a key no config has any more is refused."""
+    from musetok.prior.train import PriorRunConfig
+    from musetok.shared.config import load_config, to_dict
+    folder = tmp_path / "prior"
+    folder.mkdir()
+    assert not reuse(folder, load_config(PriorRunConfig, "small", kind="prior"))  # nothing trained there yet
+    (folder / "model.safetensors").write_bytes(b"")
+    old = to_dict(load_config(PriorRunConfig, "small", kind="prior"))
+    del old["model"]["conv_channels"]  # as written before the setting existed
+    (folder / RUN_RECORD).write_text(json.dumps(old))
+    assert reuse(folder, load_config(PriorRunConfig, "small", kind="prior"))
+    with pytest.raises(UserError, match="prior: holds a model trained with other settings"):
+        reuse(folder, load_config(PriorRunConfig, "small", ["model.conv_channels=16"], kind="prior"))
+    old["model"]["retired_setting"] = 1
+    (folder / RUN_RECORD).write_text(json.dumps(old))
+    with pytest.raises(UserError, match="other settings"):
+        reuse(folder, load_config(PriorRunConfig, "small", kind="prior"))
 
 
 def test_the_front_end_row_is_each_band_s_statistics_over_every_mel_frame():

@@ -485,6 +485,45 @@ def test_a_fixed_input_projection_stays_as_drawn_while_the_blocks_train(tmp_path
         card = (tmp_path / proj / "README.md").read_text()
         assert ("fixed random orthogonal projection" in card) == (proj != "learned")
         assert ("beside a learned one" in card) == (proj == "split")
-    for proj in ("fixed", "split"):
+    for proj in ("fixed", "split", "conv"):
         with pytest.raises(ConfigError, match="model.input_proj"):
             cfg(objective="mlm", input_proj=proj)  # reads codes only
+
+
+def test_a_conv_front_end_shares_its_filters_across_the_bands(tmp_path, store):
+    """`input_proj: conv`: the learned map plus one convolution along each frame's bands, its band count taken from
+    the store. Shifting the frames along the bands shifts the convolution's map (the same filters at every pitch);
+    it trains, is saved and read back, and its card says so."""
+    from musetok.prior.builder import load_prior
+    from musetok.prior.train import PriorRunConfig, train_prior
+    from musetok.shared.token_store import TokenStore
+    torch.manual_seed(0)
+    m = Prior(cfg(inputs="frames", input_proj="conv", frame_dim=40, frame_bands=20, conv_channels=4))
+    conv = m.proj_conv.conv
+    assert (conv.in_channels, conv.out_channels) == (2, 4) and m.proj_conv.out.in_features == 4 * 10
+    frames = torch.randn(3, 5, 2, 20)
+    shifted = torch.roll(frames, 2, dims=-1)  # two bands up: one step of the stride-2 map
+    with torch.no_grad():
+        a, b = (torch.nn.functional.gelu(conv(f.flatten(0, 1))) for f in (frames, shifted))
+        h = m.embed_inputs(frames.flatten(2))
+    assert torch.allclose(a[..., 2:-2], b[..., 3:-1], atol=1e-6)  # away from the edges, the map moves with the bands
+    assert not torch.allclose(a[..., 2:-2], b[..., 2:-2], atol=1e-3)
+    assert torch.allclose(h, m.proj_in(frames.flatten(2)) + m.proj_conv(frames.flatten(2)), atol=1e-6)
+    assert h.shape == (3, 5, 32)
+
+    over = TINY_PRIOR + ["model.inputs=frames", "model.aux_frames=1.0", "train.steps=30", "model.max_len=32",
+                         "model.input_proj=conv", "model.conv_channels=8"]
+    train_prior(load_config(PriorRunConfig, None, over), store, tmp_path / "conv", progress=False)
+    trained = load_prior(tmp_path / "conv")
+    meta = TokenStore(store).meta
+    assert trained.cfg.frame_bands == len(meta.frames_mean) and meta.frames_dim % trained.cfg.frame_bands == 0
+    trained.embed_inputs(torch.randn(2, 4, trained.cfg.frame_dim)).square().sum().backward()
+    assert trained.proj_conv.conv.weight.grad.abs().sum() > 0  # the filters train with the rest
+    losses = [json.loads(ln)["loss"] for ln in (tmp_path / "conv" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(ln)["split"] == "train"]
+    assert np.mean(losses[-2:]) < losses[0]
+    assert "plus a convolution along their bands" in (tmp_path / "conv" / "README.md").read_text()
+    with pytest.raises(ConfigError, match="model.conv_channels"):
+        cfg(inputs="frames", input_proj="conv", conv_channels=0)
+    with pytest.raises(ValueError, match="frame_bands"):
+        Prior(cfg(inputs="frames", input_proj="conv", frame_dim=12, frame_bands=5))  # 12 is not frames of 5 bands
