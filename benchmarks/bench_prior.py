@@ -55,16 +55,16 @@ def make_runners(args):
     fdim = 200  # the small tokenizer's stacked frames: 2 x 100 semitone bands per code frame
     frames = torch.randn(b, t, fdim)
     chroma = torch.softmax(torch.randn(b, t, 2, 12), -1)  # aux_chroma's targets: 12 pitch classes per mel frame
-    for name, objective, inputs, targets, aux, aux_chroma, proj in (
-            ("mlm", "mlm", "codes", "codes", 0.0, 0.0, "learned"), ("ar", "ar", "codes", "codes", 0.0, 0.0, "learned"),
-            ("mlm frames->codes", "mlm", "frames", "codes", 0.0, 0.0, "learned"),
-            ("mlm frames->codes+frames", "mlm", "frames", "codes", 1.0, 0.0, "learned"),
-            ("mlm frames->codes+frames, conv front-end", "mlm", "frames", "codes", 1.0, 0.0, "conv"),
-            ("mlm frames->codes+frames+chroma", "mlm", "frames", "codes", 1.0, 1.0, "learned"),
-            ("mlm frames->random", "mlm", "frames", "random", 0.0, 0.0, "learned")):
+    for name, objective, inputs, targets, aux, aux_chroma, conv in (
+            ("mlm", "mlm", "codes", "codes", 0.0, 0.0, False), ("ar", "ar", "codes", "codes", 0.0, 0.0, False),
+            ("mlm frames->codes", "mlm", "frames", "codes", 0.0, 0.0, False),
+            ("mlm frames->codes+frames", "mlm", "frames", "codes", 1.0, 0.0, False),
+            ("mlm frames->codes+frames, conv front-end", "mlm", "frames", "codes", 1.0, 0.0, True),
+            ("mlm frames->codes+frames+chroma", "mlm", "frames", "codes", 1.0, 1.0, False),
+            ("mlm frames->random", "mlm", "frames", "random", 0.0, 0.0, False)):
         cfg = PriorConfig(objective=objective, inputs=inputs, targets=targets, aux_frames=aux, aux_chroma=aux_chroma,
                           dim=d, layers=l, heads=h, max_len=t, codebook_size=v, num_codebooks=1, frame_dim=fdim,
-                          frame_bands=fdim // 2, input_proj=proj, chroma_dim=24 if aux_chroma else 0)
+                          frame_bands=fdim // 2, frame_conv=conv, chroma_dim=24 if aux_chroma else 0)
         model = Prior(cfg)
         opt = make_optimizer(model, 1e-4, 0.1)
         batch = Batch(codes, frames if cfg.uses_frames else None, torch.full((b,), t), torch.arange(b),

@@ -273,8 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "frames_codes_fixed, frames_fixed (a frozen input projection), frames_codes_split, "
                         "frames_split (frozen and learned, half the width each), frames_codes_drop, "
                         "frames_drop (residual dropout 0.1), frames_codes_conv, frames_conv (a conv front-end along "
-                        "the bands), frames_kmeans (second round: trains frames_codes_aux "
-                        "first), frames (the frames control always is)")
+                        "the bands), frames_codes_hconv (over harmonically stacked bands), "
+                        "frames_codes_fixed_conv (the conv beside a frozen map), frames_kmeans (second round: trains "
+                        "frames_codes_aux first), frames (the frames control always is)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_bench_repr)

@@ -44,10 +44,16 @@ class PriorConfig:
     mask_rate: float = 0.3          # mlm / masked_frames: fraction of frames inside masked spans
     mask_span: int = 5              # consecutive frames per span (single frames are solved by smoothness)
     mask_fill: Literal["bert", "noise"] = "bert"  # masked frames read: 80/10/10 zeros/other/same, or noise (MusicFM)
-    # frames -> dim: trained, a frozen random orthogonal map, `split` (half the width each, side by side), or
-    # `conv`: the trained map plus a convolution along each frame's bands (MusicFM / MuQ's conv front-end, in frequency)
-    input_proj: Literal["learned", "fixed", "split", "conv"] = "learned"
-    conv_channels: int = 32         # input_proj=conv: channels of its convolution
+    # frames -> dim: trained, a frozen random orthogonal map, or `split` (half the width each, side by side)
+    input_proj: Literal["learned", "fixed", "split"] = "learned"
+    # + a learned convolution along each frame's bands, summed with input_proj's map (MusicFM / MuQ's conv front-end,
+    # in frequency only); with `fixed`, the frozen map keeps every direction and the convolution learns beside it
+    frame_conv: bool = False
+    conv_channels: int = 32         # frame_conv: channels of its convolution
+    # frame_conv on semitone bands: harmonic stacking (Bittner et al.'s HCQT): beside each band, the bands at these
+    # multiples of its frequency (12 log2 h semitones up or down) as more input channels, so one filter can match a
+    # note's harmonics at every pitch; () = the bands alone. Deep-salience pitch trackers use (0.5, 1, 2, 3, 4, 5)
+    conv_harmonics: tuple[float, ...] = ()
     predict_ahead: int = 3          # next_frames: predict the frame this many steps ahead (APC's n)
     aux_frames: float = 0.0         # code targets: + this weight x L1 of the masked frames (MERT's CQT target)
     aux_chroma: float = 0.0         # masked priors: + this weight x KL of the masked frames' chroma (semitone stores)
@@ -90,7 +96,12 @@ class PriorConfig:
               "noise fills masked frames: for masked priors that read frames (model.inputs frames or codes+frames)")
         check(self.input_proj == "learned" or self.reads_frames, "model.input_proj",
               f"{self.input_proj} is the projection of the frames a prior reads (model.inputs frames or codes+frames)")
+        check(not self.frame_conv or self.reads_frames, "model.frame_conv",
+              "is a front-end for the frames a prior reads (model.inputs frames or codes+frames)")
         check(self.conv_channels >= 1, "model.conv_channels", "must be >= 1")
+        check(not self.conv_harmonics or self.frame_conv, "model.conv_harmonics",
+              "are the channels of the band convolution: set model.frame_conv: true")
+        check(all(h > 0 for h in self.conv_harmonics), "model.conv_harmonics", "must be positive multiples")
         check(self.mix_prob == 0.0 or (self.reads_frames and not self.causal), "model.mix_prob",
               "mixes windows into the frames a masked prior reads (model.inputs frames or codes+frames, "
               "objective mlm or masked_frames)")

@@ -9,6 +9,7 @@ the objective. Discrete outputs are weight-tied to the code embeddings, one head
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -150,12 +151,26 @@ class FrameConv(nn.Module):
             raise ValueError("PriorConfig.frame_bands must be set (from the token store's frames) and divide "
                              f"frame_dim ({cfg.frame_dim})")
         self.bands = cfg.frame_bands
-        self.conv = nn.Conv1d(cfg.frame_dim // self.bands, cfg.conv_channels, 7, stride=2, padding=3)
+        # conv_harmonics: semitone offsets of each harmonic's band (0.5 -> -12, 3 -> +19, ...); no harmonics: just 0
+        self.shifts = [round(12 * math.log2(h)) for h in cfg.conv_harmonics] or [0]
+        self.conv = nn.Conv1d(cfg.frame_dim // self.bands * len(self.shifts), cfg.conv_channels, 7, stride=2,
+                              padding=3)
         self.out = nn.Linear(cfg.conv_channels * ((self.bands + 1) // 2), cfg.dim)
+
+    def stack(self, x: torch.Tensor) -> torch.Tensor:
+        """`(N, S, M)` -> `(N, S * H, M)`: channel `s * H + j` at band `b` is frame `s`'s band `b + shifts[j]`
+        (zero past either end)."""
+        m = self.bands
+
+        def shifted(s: int) -> torch.Tensor:
+            if abs(s) >= m:
+                return torch.zeros_like(x)
+            return F.pad(x[..., s:], (0, s)) if s >= 0 else F.pad(x[..., :m + s], (-s, 0))
+        return torch.stack([shifted(s) for s in self.shifts], 2).flatten(1, 2)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """`(..., S * M)` -> `(..., dim)`."""
-        x = frames.reshape(-1, frames.shape[-1] // self.bands, self.bands)
+        x = self.stack(frames.reshape(-1, frames.shape[-1] // self.bands, self.bands))
         return self.out(F.gelu(self.conv(x)).flatten(1)).reshape(*frames.shape[:-1], -1)
 
 
@@ -176,7 +191,7 @@ class Prior(nn.Module):
             self.proj_in = nn.Linear(cfg.frame_dim, cfg.dim - cfg.dim // 2 if cfg.input_proj == "split" else cfg.dim)
             if cfg.input_proj == "split":
                 self.proj_fixed = nn.Linear(cfg.frame_dim, cfg.dim // 2, bias=False)
-            if cfg.input_proj == "conv":  # beside the linear map, summed with it
+            if cfg.frame_conv:  # beside the linear map(s), summed with them
                 self.proj_conv = FrameConv(cfg)
         if cfg.predicts_codes:
             k, v = cfg.target_codebooks
@@ -249,7 +264,7 @@ class Prior(nn.Module):
             f = self.proj_in(frames)
             if self.cfg.input_proj == "split":  # frozen half first, learned half after
                 f = torch.cat([self.proj_fixed(frames), f], dim=-1)
-            elif self.cfg.input_proj == "conv":
+            if self.cfg.frame_conv:
                 f = f + self.proj_conv(frames)
             h = f if h is None else h + f
         return h

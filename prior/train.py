@@ -71,6 +71,9 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
     if len(store) == 0:
         raise ConfigError(f"{store_dir}: the token store has no items to train on")
     mc = bind_to_store(run.model, store.meta)
+    if mc.conv_harmonics and not store.meta.frames_pitch_class:
+        raise ConfigError(f"{Path(store_dir) / 'meta.json'}: model.conv_harmonics stacks bands whole semitones "
+                          "apart, which needs a store of a semitone tokenizer (mel.scale: semitone)")
     check_tokenizer(mc, store.meta, store_dir)  # a prior reads the tokenizer's codes, never second-round ones
     if resume:  # the run's checkpoint must come from a store of the same tokenizer and codes
         check_tokenizer(read_prior_config(out), store.meta, store_dir, targets=True)
@@ -158,9 +161,10 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                                            + ("; masked frames read as noise" if mc.mask_fill == "noise" else "")
                                            + {"learned": "", "fixed": "; frames through a fixed random orthogonal "
                                               "projection", "split": "; frames through a fixed random orthogonal "
-                                              "projection beside a learned one (half the width each)",
-                                              "conv": "; frames through a learned projection plus a convolution "
-                                              "along their bands"}[mc.input_proj],
+                                              "projection beside a learned one (half the width each)"}[mc.input_proj]
+                                           + ("; plus a convolution along their bands" if mc.frame_conv else "")
+                                           + (f" and their harmonics {', '.join(f'{h:g}' for h in mc.conv_harmonics)}"
+                                              if mc.conv_harmonics else ""),
                       "validation": metrics_txt, "tokenizer id": mc.tokenizer_id,
                       "frame rate": f"{mc.frame_rate:.2f} Hz"},
                      'from musetok.embedding import Embedder\n\n'

@@ -141,3 +141,23 @@ def test_a_chroma_prior_trains_on_a_semitone_store_and_embeds(semitone_store, tm
     frames = torch.from_numpy(TokenStore(store_dir).frames_window(0, 0, 32).astype(np.float32))[None]
     states = prior(frames, output_hidden_states=True).hidden_states
     assert len(states) == 3 and torch.isfinite(states[-1]).all()
+
+
+def test_a_harmonic_conv_prior_trains_on_a_semitone_store(semitone_store, tmp_path):
+    """`model.conv_harmonics` on semitone bands: trained, saved and read back with its harmonic channels."""
+    from musetok.prior.builder import load_prior
+    from musetok.prior.train import PriorRunConfig, train_prior
+    store_dir, _, _ = semitone_store
+    run = load_config(PriorRunConfig, None, TINY_PRIOR + ["model.inputs=frames", "model.aux_frames=1.0",
+                                                          "model.frame_conv=true", "model.conv_harmonics=[0.5,1,2,3]",
+                                                          "model.conv_channels=8", "train.steps=30",
+                                                          "model.max_len=32"])
+    train_prior(run, store_dir, tmp_path / "p", progress=False)
+    prior = load_prior(tmp_path / "p")
+    assert prior.cfg.conv_harmonics == (0.5, 1.0, 2.0, 3.0) and prior.proj_conv.shifts == [-12, 0, 12, 19]
+    assert prior.proj_conv.conv.in_channels == 4 * prior.cfg.frame_dim // prior.cfg.frame_bands
+    assert "plus a convolution along their bands and their harmonics 0.5, 1, 2, 3" in \
+        (tmp_path / "p" / "README.md").read_text()
+    train = [json.loads(ln)["loss"] for ln in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(ln)["split"] == "train"]
+    assert np.mean(train[-2:]) < train[0]

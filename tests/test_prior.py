@@ -485,20 +485,61 @@ def test_a_fixed_input_projection_stays_as_drawn_while_the_blocks_train(tmp_path
         card = (tmp_path / proj / "README.md").read_text()
         assert ("fixed random orthogonal projection" in card) == (proj != "learned")
         assert ("beside a learned one" in card) == (proj == "split")
-    for proj in ("fixed", "split", "conv"):
+    for proj in ("fixed", "split"):
         with pytest.raises(ConfigError, match="model.input_proj"):
             cfg(objective="mlm", input_proj=proj)  # reads codes only
+    with pytest.raises(ConfigError, match="model.frame_conv"):
+        cfg(objective="mlm", frame_conv=True)
+
+
+def test_harmonic_stacking_reads_each_band_beside_its_harmonics():
+    """`conv_harmonics`: channel j of the band convolution at band b reads band b + 12 log2 h_j (Bittner et al.'s
+    harmonic CQT), zero past the ends; a note's partials land on one band of the stack, whatever its pitch."""
+    m = Prior(cfg(inputs="frames", frame_conv=True, conv_harmonics=(0.5, 1, 2, 3), frame_dim=80, frame_bands=40,
+                  conv_channels=4))
+    assert m.proj_conv.shifts == [-12, 0, 12, 19] and m.proj_conv.conv.in_channels == 2 * 4
+    x = torch.zeros(1, 2, 40)
+    x[0, 0, 25] = 1.0  # frame 0, band 25
+    x[0, 1, 5] = 2.0   # frame 1, band 5
+    st = m.proj_conv.stack(x).view(1, 2, 4, 40)
+    hot = {(s, j, b) for s, j, b in (st != 0).nonzero()[:, 1:].tolist()}
+    # band b reads band b + shift: band 25 seen from 37 (as its subharmonic), 25, 13 (octave) and 6 (third harmonic)
+    assert hot == {(0, 0, 37), (0, 1, 25), (0, 2, 13), (0, 3, 6), (1, 0, 17), (1, 1, 5)}
+    assert st[0, 1, 0, 17] == 2.0
+    # a harmonic tone: partials k * f0 -> bands b0 + 12 log2 k; stacked, they meet at b0 in channels 1-3
+    b0 = 4
+    tone_frame = torch.zeros(1, 1, 40)
+    for k in (1, 2, 3):
+        tone_frame[0, 0, b0 + round(12 * np.log2(k))] = 1.0
+    one = Prior(cfg(inputs="frames", frame_conv=True, conv_harmonics=(1, 2, 3), frame_dim=40, frame_bands=40))
+    assert one.proj_conv.stack(tone_frame)[0, :, b0].tolist() == [1.0, 1.0, 1.0]
+    with torch.no_grad():
+        assert m.embed_inputs(torch.randn(3, 5, 80)).shape == (3, 5, 32)
+    with pytest.raises(ConfigError, match="model.conv_harmonics"):
+        cfg(inputs="frames", conv_harmonics=(1, 2))  # without the convolution
+    with pytest.raises(ConfigError, match="model.conv_harmonics"):
+        cfg(inputs="frames", frame_conv=True, conv_harmonics=(0.0, 1))
+
+
+def test_harmonic_stacking_needs_semitone_bands(tmp_path, store):
+    from musetok.prior.train import PriorRunConfig, train_prior
+    run = load_config(PriorRunConfig, None, TINY_PRIOR + ["model.inputs=frames", "model.frame_conv=true",
+                                                          "model.conv_harmonics=[1,2,3]", "train.steps=2"])
+    assert run.model.conv_harmonics == (1.0, 2.0, 3.0)
+    with pytest.raises(ConfigError, match=r"meta.json: model.conv_harmonics .* semitone tokenizer"):
+        train_prior(run, store, tmp_path / "p", progress=False)  # a mel store: its bands are not semitones
+    assert not (tmp_path / "p" / "model.safetensors").exists()
 
 
 def test_a_conv_front_end_shares_its_filters_across_the_bands(tmp_path, store):
-    """`input_proj: conv`: the learned map plus one convolution along each frame's bands, its band count taken from
-    the store. Shifting the frames along the bands shifts the convolution's map (the same filters at every pitch);
-    it trains, is saved and read back, and its card says so."""
+    """`frame_conv`: the input map plus one convolution along each frame's bands, its band count taken from the
+    store. Shifting the frames along the bands shifts the convolution's map (the same filters at every pitch); it
+    trains, is saved and read back, and its card says so; beside a frozen map, the map stays frozen."""
     from musetok.prior.builder import load_prior
     from musetok.prior.train import PriorRunConfig, train_prior
     from musetok.shared.token_store import TokenStore
     torch.manual_seed(0)
-    m = Prior(cfg(inputs="frames", input_proj="conv", frame_dim=40, frame_bands=20, conv_channels=4))
+    m = Prior(cfg(inputs="frames", frame_conv=True, frame_dim=40, frame_bands=20, conv_channels=4))
     conv = m.proj_conv.conv
     assert (conv.in_channels, conv.out_channels) == (2, 4) and m.proj_conv.out.in_features == 4 * 10
     frames = torch.randn(3, 5, 2, 20)
@@ -512,7 +553,7 @@ def test_a_conv_front_end_shares_its_filters_across_the_bands(tmp_path, store):
     assert h.shape == (3, 5, 32)
 
     over = TINY_PRIOR + ["model.inputs=frames", "model.aux_frames=1.0", "train.steps=30", "model.max_len=32",
-                         "model.input_proj=conv", "model.conv_channels=8"]
+                         "model.frame_conv=true", "model.conv_channels=8"]
     train_prior(load_config(PriorRunConfig, None, over), store, tmp_path / "conv", progress=False)
     trained = load_prior(tmp_path / "conv")
     meta = TokenStore(store).meta
@@ -524,6 +565,12 @@ def test_a_conv_front_end_shares_its_filters_across_the_bands(tmp_path, store):
     assert np.mean(losses[-2:]) < losses[0]
     assert "plus a convolution along their bands" in (tmp_path / "conv" / "README.md").read_text()
     with pytest.raises(ConfigError, match="model.conv_channels"):
-        cfg(inputs="frames", input_proj="conv", conv_channels=0)
+        cfg(inputs="frames", frame_conv=True, conv_channels=0)
     with pytest.raises(ValueError, match="frame_bands"):
-        Prior(cfg(inputs="frames", input_proj="conv", frame_dim=12, frame_bands=5))  # 12 is not frames of 5 bands
+        Prior(cfg(inputs="frames", frame_conv=True, frame_dim=12, frame_bands=5))  # 12 is not frames of 5 bands
+
+    fixed = Prior(cfg(inputs="frames", input_proj="fixed", frame_conv=True, frame_dim=40, frame_bands=20))
+    assert not fixed.proj_in.weight.requires_grad and fixed.proj_conv.conv.weight.requires_grad
+    with torch.no_grad():  # the frozen map's frames, plus what the convolution adds
+        h = fixed.embed_inputs(frames.flatten(2))
+    assert torch.allclose(h, frames.flatten(2) @ fixed.proj_in.weight.T + fixed.proj_conv(frames.flatten(2)), atol=1e-6)
