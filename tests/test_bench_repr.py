@@ -49,8 +49,7 @@ def test_quick_bench_writes_the_table_with_mean_and_std(bench):
     cells = {(c["task"], c["features"]): c for c in json.loads((bench / "bench.json").read_text())["cells"]}
     tasks = ["instrument", "pitch", "instrument (unseen program)", "key", "tempo", "melody instrument"]
     features = ["prior: codes -> codes (mlm)", "prior: frames -> random-projection codes (BEST-RQ)",
-                "prior: frames -> codes + frames (mlm, MERT-style)",
-                "prior: frames -> second-round codes + frames (HuBERT)",
+                PRIORS[RECOMMENDED][1], "prior: frames -> second-round codes + frames (HuBERT)",
                 "prior: frames -> codes + frames + chroma (mlm, MERT-style)",
                 "prior: frames -> frames (masked_frames)", *RANDOM.values(), "bag of codes",
                 "mfcc+delta mean/std", "log-mel mean/std", "chroma (CQT) mean/std",
@@ -79,8 +78,7 @@ def test_prior_settings_apply_to_every_prior_alike(bench):
     assert record["prior_overrides"] == ["model.mask_span=3"]
     priors = record["suites"]["synthetic"]["configs"]["priors"]
     # frames is always trained; the second round's first round (the recommended prior) before it
-    assert list(priors) == ["codes", "frames_random", "frames_codes_chroma", "frames", "frames_codes_aux",
-                            "frames_kmeans"]
+    assert list(priors) == ["codes", "frames_random", "frames_codes_chroma", "frames", RECOMMENDED, "frames_kmeans"]
     assert {p["model"]["mask_span"] for p in priors.values()} == {3}
     assert {(p["model"]["objective"], p["model"]["inputs"], p["model"]["targets"]) for p in priors.values()} == {
         ("mlm", "codes", "codes"), ("mlm", "frames", "random"), ("masked_frames", "frames", "frames"),
@@ -94,6 +92,8 @@ def test_prior_settings_apply_to_every_prior_alike(bench):
     chroma = load_prior(bench / "synthetic" / "prior_frames_codes_chroma").cfg
     assert (chroma.aux_chroma, chroma.chroma_dim, chroma.aux_frames) == (1.0, 24, 1.0)
     assert [p["model"]["aux_chroma"] for p in priors.values()] == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    # each preset names its front-end: the band convolution on the recommended prior and its second round only
+    assert [p["model"]["frame_conv"] for p in priors.values()] == [False, False, False, False, True, True]
     assert main(["bench-repr", "--quick", "--out", str(bench), "--priors", "nope"]) == 2
 
 
@@ -164,9 +164,9 @@ def test_the_recommended_prior_is_what_the_small_config_ships():
     from musetok.shared.config import load_config
     shipped = load_config(PriorRunConfig, "small", kind="prior").model
     assert RECOMMENDED in RANDOM
-    for setting in PRIORS[RECOMMENDED][0]:
-        key, value = setting.removeprefix("model.").split("=")
-        assert str(getattr(shipped, key)) == value, setting
+    settings = dict(s.removeprefix("model.").split("=") for s in PRIORS[RECOMMENDED][0])  # the last one wins
+    for key, value in settings.items():
+        assert str(getattr(shipped, key)).lower() == value.lower(), key
 
 
 def test_a_model_trained_with_other_settings_is_refused_not_reused(bench, tmp_path, capsys):
