@@ -157,10 +157,10 @@ def bench_embedding() -> None:
     make_demo_corpus(tmp / "audio", DemoCorpusConfig(pieces=24, seconds=20.0))
     tok = build_tokenizer(load_config(TokenizerRunConfig, "small", kind="tokenizer").model).eval()
     cfg = load_config(PriorRunConfig, "small", kind="prior").model
-    # the prior only needs the store's metadata (with the frames' size, and their bands for the band convolution,
-    # when it reads them; a real store takes the bands from its normaliser)
-    bound = bind_to_store(cfg, tok.store_meta(frame_stacker(tok).dim if cfg.reads_frames else 0))
-    prior = Prior(replace(bound, frame_bands=tok.cfg.mel.n_mels) if cfg.frame_conv else bound).eval()
+    # the prior only needs the store's metadata: the frames' size when it reads them, and their bands (which a real
+    # store takes from its normaliser) for the band convolution
+    meta = tok.store_meta(frame_stacker(tok).dim if cfg.reads_frames else 0)
+    prior = Prior(replace(bind_to_store(cfg, meta), frame_bands=tok.cfg.mel.n_mels)).eval()
     emb = Embedder(tok, prior)
     files = sorted((tmp / "audio").rglob("*.wav"))
     t = time.time()
