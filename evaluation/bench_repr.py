@@ -75,7 +75,6 @@ PRIORS = {name: ([f"model.objective={o}", f"model.inputs={i}", f"model.targets={
     "frames_codes": ("mlm", "frames", "codes", 0.0, "prior: frames -> codes (mlm)"),
     "frames_random": ("mlm", "frames", "random", 0.0, "prior: frames -> random-projection codes (BEST-RQ)"),
     "frames_codes_aux": ("mlm", "frames", "codes", 1.0, "prior: frames -> codes + frames (mlm, MERT-style)"),
-    "frames_kmeans": ("mlm", "frames", "codes", 1.0, "prior: frames -> second-round codes + frames (HuBERT)"),
     "frames": ("masked_frames", "frames", "frames", 0.0, "prior: frames -> frames (masked_frames)"),
 }.items()}
 
@@ -136,7 +135,7 @@ RECOMMENDED = "frames_codes_conv"
 # HuBERT's second round: the recommended prior again, its code targets replaced by k-means on the middle layer of
 # the trained recommended prior (`musetok relabel`). Same steps, but it needs the first round trained first.
 SECOND_ROUND = "frames_kmeans"
-PRIORS[SECOND_ROUND] = _variant(RECOMMENDED, row=PRIORS[SECOND_ROUND][1])
+PRIORS[SECOND_ROUND] = _variant(RECOMMENDED, row="prior: frames -> second-round codes + frames (HuBERT)")
 # The random-weights controls: the same priors, never trained (the opponents small models must beat).
 RANDOM = {"codes": "random-weights prior (codes -> codes)",
           RECOMMENDED: "random-weights prior (" + PRIORS[RECOMMENDED][1].split(": ", 1)[1] + ")"}
