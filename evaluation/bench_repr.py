@@ -115,6 +115,12 @@ PRIORS["frames_codes_conv"] = _variant("frames_codes_aux", "model.frame_conv=tru
                                        row="prior: frames -> codes + frames, conv front-end (mlm)")
 PRIORS["frames_conv"] = _variant("frames", "model.frame_conv=true",
                                  row="prior: frames -> frames, conv front-end (masked_frames)")
+# Cheaper convolutions (the conv front-end's flattened map, 32 channels x 50 positions -> dim, is most of its cost):
+# half the channels, or half the positions (a stride of 4 semitones; the kernel still spans 7 bands).
+PRIORS["frames_codes_conv16"] = _variant("frames_codes_conv", "model.conv_channels=16",
+                                         row="prior: frames -> codes + frames, conv front-end, 16 channels (mlm)")
+PRIORS["frames_codes_conv_s4"] = _variant("frames_codes_conv", "model.conv_stride=4",
+                                          row="prior: frames -> codes + frames, conv front-end, stride 4 (mlm)")
 # The convolution over harmonically stacked bands (Bittner et al.'s HCQT, as deep-salience pitch trackers read it):
 # each band beside the bands of its harmonics 0.5-5, so one filter matches a note's partials at every pitch.
 PRIORS["frames_codes_hconv"] = _variant("frames_codes_aux", "model.frame_conv=true",

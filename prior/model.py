@@ -140,9 +140,10 @@ def random_quantizer(cfg: PriorConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 class FrameConv(nn.Module):
     """A convolutional front-end in the manner of MusicFM / MuQ's, along frequency only: each position's stacked
-    frames (S frames of M bands, as channels) -> one convolution along the bands (kernel 7, stride 2), GELU ->
-    a linear map to `dim`. Its filters are shared across the bands, so a spectral shape learned at one pitch is
-    found at every pitch, while where along the bands it fires (so the pitch) survives in the flattened map.
+    frames (S frames of M bands, as channels) -> one convolution along the bands (kernel 7, stride
+    `conv_stride`), GELU -> a linear map to `dim`. Its filters are shared across the bands, so a spectral shape
+    learned at one pitch is found at every pitch, while where along the bands it fires (so the pitch) survives in
+    the flattened map.
     Positions do not mix: masked frames stay masked. (Two convolutions cost about twice the step on CPU.)"""
 
     def __init__(self, cfg: PriorConfig):
@@ -153,9 +154,10 @@ class FrameConv(nn.Module):
         self.bands = cfg.frame_bands
         # conv_harmonics: semitone offsets of each harmonic's band (0.5 -> -12, 3 -> +19, ...); no harmonics: just 0
         self.shifts = [round(12 * math.log2(h)) for h in cfg.conv_harmonics] or [0]
-        self.conv = nn.Conv1d(cfg.frame_dim // self.bands * len(self.shifts), cfg.conv_channels, 7, stride=2,
-                              padding=3)
-        self.out = nn.Linear(cfg.conv_channels * ((self.bands + 1) // 2), cfg.dim)
+        self.conv = nn.Conv1d(cfg.frame_dim // self.bands * len(self.shifts), cfg.conv_channels, 7,
+                              stride=cfg.conv_stride, padding=3)
+        positions = (self.bands - 1) // cfg.conv_stride + 1  # (bands + 2 * 3 - 7) // stride + 1
+        self.out = nn.Linear(cfg.conv_channels * positions, cfg.dim)
 
     def stack(self, x: torch.Tensor) -> torch.Tensor:
         """`(N, S, M)` -> `(N, S * H, M)`: channel `s * H + j` at band `b` is frame `s`'s band `b + shifts[j]`

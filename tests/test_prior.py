@@ -551,6 +551,11 @@ def test_a_conv_front_end_shares_its_filters_across_the_bands(tmp_path, store):
     assert not torch.allclose(a[..., 2:-2], b[..., 2:-2], atol=1e-3)
     assert torch.allclose(h, m.proj_in(frames.flatten(2)) + m.proj_conv(frames.flatten(2)), atol=1e-6)
     assert h.shape == (3, 5, 32)
+    wide = Prior(cfg(inputs="frames", frame_conv=True, frame_dim=40, frame_bands=20, conv_channels=4, conv_stride=4))
+    assert wide.proj_conv.out.in_features == 4 * 5  # 20 bands at stride 4: 5 positions
+    with torch.no_grad():
+        a, b = (wide.proj_conv.conv(f.flatten(0, 1)) for f in (frames, torch.roll(frames, 4, dims=-1)))
+    assert torch.allclose(a[..., 1:-1], b[..., 2:], atol=1e-6)  # four bands up: one step of the stride-4 map
 
     over = TINY_PRIOR + ["model.inputs=frames", "model.aux_frames=1.0", "train.steps=30", "model.max_len=32",
                          "model.frame_conv=true", "model.conv_channels=8"]
@@ -566,6 +571,8 @@ def test_a_conv_front_end_shares_its_filters_across_the_bands(tmp_path, store):
     assert "plus a convolution along their bands" in (tmp_path / "conv" / "README.md").read_text()
     with pytest.raises(ConfigError, match="model.conv_channels"):
         cfg(inputs="frames", frame_conv=True, conv_channels=0)
+    with pytest.raises(ConfigError, match="model.conv_stride"):
+        cfg(inputs="frames", frame_conv=True, conv_stride=8)
     with pytest.raises(ValueError, match="frame_bands"):
         Prior(cfg(inputs="frames", frame_conv=True, frame_dim=12, frame_bands=5))  # 12 is not frames of 5 bands
 
