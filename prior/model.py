@@ -31,17 +31,18 @@ class PriorOutput:
 
 
 def rotary_tables(max_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin `(T, hd)`, each half-table repeated so rotation is two multiplies and an add."""
+    """cos and sin `(T, hd)`, each half-table repeated so rotation is two multiplies and an add; the first half of
+    sin negated (`apply_rotary` swaps the halves without negating one: the same numbers, one pass fewer)."""
     inv = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
     ang = torch.outer(torch.arange(max_len).float(), inv)  # (T, hd/2)
-    ang = torch.cat([ang, ang], dim=-1)  # (T, hd)
-    return ang.cos(), ang.sin()
+    return torch.cat([ang, ang], dim=-1).cos(), torch.cat([-ang.sin(), ang.sin()], dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x `(..., T, hd)`: rotate pairs (i, i + hd/2) by position-dependent angles (GPT-NeoX layout)."""
+    """x `(..., T, hd)`: rotate pairs (i, i + hd/2) by position-dependent angles (GPT-NeoX layout):
+    `(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)`, with `sin` as `rotary_tables` gives it."""
     x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+    return x * cos + torch.cat([x2, x1], dim=-1) * sin
 
 
 class Attention(nn.Module):
@@ -58,19 +59,19 @@ class Attention(nn.Module):
         hd = d // self.heads
         dropout = self.dropout if self.training else 0.0
         if q_index is None:
-            qkv = self.qkv(x).view(b, t, 3, self.heads, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
-            q, k = apply_rotary(qkv[:2], cos, sin)  # q and k in one pass
-            y = F.scaled_dot_product_attention(q, k, qkv[2], attn_mask=attn_mask,
-                                               is_causal=causal and attn_mask is None, dropout_p=dropout)
+            # unbind, not slices: its backward stacks the three gradients, where slices' fill zeros and add
+            q, k, v = self.qkv(x).view(b, t, 3, self.heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, T, hd)
+            y = F.scaled_dot_product_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v,
+                                               attn_mask=attn_mask, is_causal=causal and attn_mask is None,
+                                               dropout_p=dropout)
             return self.out(y.transpose(1, 2).reshape(b, t, d))
         w_q, w_kv = self.qkv.weight[:d], self.qkv.weight[d:]
         n = q_index.shape[1]
         xq = x.gather(1, q_index[..., None].expand(b, n, d))  # (B, N, D)
         q = F.linear(xq, w_q).view(b, n, self.heads, hd).transpose(1, 2)  # (B, H, N, hd)
         q = apply_rotary(q, cos[q_index][:, None], sin[q_index][:, None])
-        kv = F.linear(x, w_kv).view(b, t, 2, self.heads, hd).permute(2, 0, 3, 1, 4)  # (2, B, H, T, hd)
-        k = apply_rotary(kv[0], cos, sin)
-        y = F.scaled_dot_product_attention(q, k, kv[1], attn_mask=attn_mask, dropout_p=dropout)
+        k, v = F.linear(x, w_kv).view(b, t, 2, self.heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, T, hd)
+        y = F.scaled_dot_product_attention(q, apply_rotary(k, cos, sin), v, attn_mask=attn_mask, dropout_p=dropout)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
 
@@ -172,7 +173,8 @@ class FrameConv(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """`(..., S * M)` -> `(..., dim)`."""
-        x = self.stack(frames.reshape(-1, frames.shape[-1] // self.bands, self.bands))
+        x = frames.reshape(-1, frames.shape[-1] // self.bands, self.bands)
+        x = x if self.shifts == [0] else self.stack(x)
         return self.out(F.gelu(self.conv(x)).flatten(1)).reshape(*frames.shape[:-1], -1)
 
 

@@ -7,7 +7,7 @@ import torch
 from musetok.prior.config import PriorConfig
 from musetok.prior.data import Batch
 from musetok.prior.masking import corrupt_codes, corrupt_frames, row_generators, span_mask
-from musetok.prior.model import Prior
+from musetok.prior.model import Prior, apply_rotary, rotary_tables
 from musetok.prior.objectives import compute_loss
 from musetok.shared.config import ConfigError, load_config
 from tests.conftest import TINY_PRIOR
@@ -179,6 +179,22 @@ def test_swiglu_and_dropout():
     assert torch.equal(model(x).hidden, model(x).hidden)
     _, acc = _fit("ar", successor_codes, dropout=0.1)
     assert acc > 0.6
+
+
+def test_rotary_rotates_pairs_by_position():
+    """Pairs (i, i + hd/2) turn by position x base^(-2i/hd) (GPT-NeoX's layout), so a rotated query and key
+    meet by their offset alone."""
+    torch.manual_seed(0)
+    cos, sin = rotary_tables(16, 8, 100.0)
+    x = torch.randn(16, 8)
+    ang = torch.arange(16.0)[:, None] * 100.0 ** (-torch.arange(0, 8, 2) / 8)  # (T, 4)
+    x1, x2 = x[:, :4], x[:, 4:]
+    expected = torch.cat([x1 * ang.cos() - x2 * ang.sin(), x2 * ang.cos() + x1 * ang.sin()], -1)
+    assert torch.allclose(apply_rotary(x, cos, sin), expected, atol=1e-6)
+    q, k = torch.randn(8).expand(16, 8), torch.randn(8).expand(16, 8)
+    rq, rk = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    assert torch.allclose(rq[3] @ rk[1], rq[12] @ rk[10], atol=1e-5)  # offset 2 at either place
+    assert not torch.allclose(rq[3] @ rk[1], rq[3] @ rk[2], atol=1e-3)
 
 
 def test_attention_dropout_is_its_own_setting():
