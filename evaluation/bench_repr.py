@@ -66,10 +66,10 @@ log = logging.getLogger("musetok")
 POOL = "meanstd"
 # The priors the benchmark can train, all with the `small` config at equal compute: name -> (settings, row).
 # `frames` (the continuous control) is always trained.
-# Every preset names its front-end (`model.frame_conv`), so each means what it meant when it was measured,
-# whatever small.yaml ships.
+# Every preset names its front-end (`model.frame_conv`, `model.conv_channels`), so each means what it meant when it
+# was measured, whatever small.yaml ships.
 PRIORS = {name: ([f"model.objective={o}", f"model.inputs={i}", f"model.targets={t}", f"model.aux_frames={a}",
-                  "model.frame_conv=false"], row)
+                  "model.frame_conv=false", "model.conv_channels=32"], row)
           for name, (o, i, t, a, row) in {
     "codes": ("mlm", "codes", "codes", 0.0, "prior: codes -> codes (mlm)"),
     "frames_codes": ("mlm", "frames", "codes", 0.0, "prior: frames -> codes (mlm)"),
@@ -109,14 +109,15 @@ PRIORS["frames_codes_split"] = _variant("frames_codes_aux", "model.input_proj=sp
 PRIORS["frames_split"] = _variant("frames", "model.input_proj=split",
                                   row="prior: frames -> frames, fixed + learned input projection (masked_frames)")
 # MusicFM / MuQ's convolutional front-end, along frequency (`model.frame_conv`): one convolution across each
-# frame's bands, its filters shared by every pitch, beside the learned map. The recommended prior (what `small`
-# ships: +0.004 to +0.016 over the 9 cells against frames_codes_aux in 5 runs at 2 seeds) and the control.
+# frame's bands, its filters shared by every pitch, beside the learned map (32 channels: +0.004 to +0.016 over the
+# 9 cells against frames_codes_aux in 5 runs at 2 seeds; `small` ships it with 16, below) and the control.
 PRIORS["frames_codes_conv"] = _variant("frames_codes_aux", "model.frame_conv=true",
                                        row="prior: frames -> codes + frames, conv front-end (mlm)")
 PRIORS["frames_conv"] = _variant("frames", "model.frame_conv=true",
                                  row="prior: frames -> frames, conv front-end (masked_frames)")
 # Cheaper convolutions (the conv front-end's flattened map, 32 channels x 50 positions -> dim, is most of its cost):
-# half the channels, or half the positions (a stride of 4 semitones; the kernel still spans 7 bands).
+# half the channels (what `small` ships since 2026-12-06: level with 32 at 2 seeds, at 40% of the convolution's
+# cost), or half the positions (a stride of 4 semitones; the kernel still spans 7 bands: -0.011 over the 9 cells).
 PRIORS["frames_codes_conv16"] = _variant("frames_codes_conv", "model.conv_channels=16",
                                          row="prior: frames -> codes + frames, conv front-end, 16 channels (mlm)")
 PRIORS["frames_codes_conv_s4"] = _variant("frames_codes_conv", "model.conv_stride=4",
@@ -137,7 +138,7 @@ PRIORS["frames_codes_drop"] = _variant("frames_codes_aux", "model.dropout=0.1", 
 PRIORS["frames_drop"] = _variant("frames", "model.dropout=0.1", "model.attn_dropout=0.0",
                                  row="prior: frames -> frames, dropout 0.1 (masked_frames)")
 # The prior the `small` configs ship (configs/prior/small.yaml; checked by the tests).
-RECOMMENDED = "frames_codes_conv"
+RECOMMENDED = "frames_codes_conv16"
 # HuBERT's second round: the recommended prior again, its code targets replaced by k-means on the middle layer of
 # the trained recommended prior (`musetok relabel`). Same steps, but it needs the first round trained first.
 SECOND_ROUND = "frames_kmeans"

@@ -94,6 +94,7 @@ def test_prior_settings_apply_to_every_prior_alike(bench):
     assert [p["model"]["aux_chroma"] for p in priors.values()] == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
     # each preset names its front-end: the band convolution on the recommended prior and its second round only
     assert [p["model"]["frame_conv"] for p in priors.values()] == [False, False, False, False, True, True]
+    assert [p["model"]["conv_channels"] for p in priors.values()] == [32, 32, 32, 32, 16, 16]
     assert main(["bench-repr", "--quick", "--out", str(bench), "--priors", "nope"]) == 2
 
 
@@ -189,11 +190,11 @@ def test_a_setting_added_since_counts_at_its_default_when_reusing(tmp_path):
     assert not reuse(folder, load_config(PriorRunConfig, "small", kind="prior"))  # nothing trained there yet
     (folder / "model.safetensors").write_bytes(b"")
     old = to_dict(load_config(PriorRunConfig, "small", kind="prior"))
-    del old["model"]["conv_channels"]  # as written before the setting existed
+    del old["model"]["conv_stride"]  # as written before the setting existed
     (folder / RUN_RECORD).write_text(json.dumps(old))
     assert reuse(folder, load_config(PriorRunConfig, "small", kind="prior"))
     with pytest.raises(UserError, match="prior: holds a model trained with other settings"):
-        reuse(folder, load_config(PriorRunConfig, "small", ["model.conv_channels=16"], kind="prior"))
+        reuse(folder, load_config(PriorRunConfig, "small", ["model.conv_stride=4"], kind="prior"))
     old["model"]["retired_setting"] = 1
     (folder / RUN_RECORD).write_text(json.dumps(old))
     with pytest.raises(UserError, match="other settings"):
