@@ -36,6 +36,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -55,7 +56,7 @@ from musetok.prior.train import PriorRunConfig, train_prior
 from musetok.shared.audio import list_audio
 from musetok.shared.config import ConfigError, from_dict, load_config, to_dict
 from musetok.shared.errors import UserError
-from musetok.shared.io import file_sha1, write_json
+from musetok.shared.io import STATE_FILE, file_sha1, write_json
 from musetok.shared.plots import plot_layer_curves
 from musetok.shared.token_store import TokenStore
 from musetok.tokenizer.builder import load_tokenizer
@@ -260,6 +261,7 @@ def read_rows(labels: Path) -> list[dict]:
 
 # -- pretraining ----------------------------------------------------------------------------------------
 RUN_RECORD = "bench_run.json"  # the run config a model in the benchmark's folder was trained with
+PARTIAL_RECORD = "bench_run.partial.json"  # the same, written before training: a killed training resumes from it
 
 
 def _settings(record: Path, cls) -> dict | None:
@@ -272,15 +274,33 @@ def _settings(record: Path, cls) -> dict | None:
 
 
 def reuse(folder: Path, run) -> bool:
-    """True when `folder` holds a model trained by this benchmark with exactly `run` (an interrupted or repeated
-    run picks it up); False when there is none. A model trained with other settings is refused, never reused."""
+    """True when `folder` holds a model trained by this benchmark with exactly `run` (a repeated run picks it up);
+    False when there is none, or only a training of exactly `run` that was stopped (`train_recorded` resumes it).
+    A model trained, or a training begun, with other settings is refused, never reused."""
+    record, partial = folder / RUN_RECORD, folder / PARTIAL_RECORD
+    want = json.loads(json.dumps(to_dict(run)))
+    if not record.exists() and partial.exists():
+        if _settings(partial, type(run)) != want:
+            raise UserError(f"{folder}: holds a stopped training with other settings than this run's; use another "
+                            "--out or remove that folder")
+        return False
     if not (folder / "model.safetensors").exists():
         return False
-    record = folder / RUN_RECORD
-    if not record.exists() or _settings(record, type(run)) != json.loads(json.dumps(to_dict(run))):
+    if not record.exists() or _settings(record, type(run)) != want:
         raise UserError(f"{folder}: holds a model trained with other settings than this run's; use another --out "
                         "or remove that folder")
     return True
+
+
+def train_recorded(folder: Path, run, train: Callable[[bool], object]) -> None:
+    """`train(resume)` into `folder`, its settings recorded before (so a training killed midway resumes from its
+    last checkpoint when the benchmark is run again) and after (the model is done)."""
+    resume = (folder / PARTIAL_RECORD).exists() and (folder / STATE_FILE).exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / PARTIAL_RECORD, to_dict(run))
+    train(resume)
+    write_json(folder / RUN_RECORD, to_dict(run))
+    (folder / PARTIAL_RECORD).unlink()
 
 
 def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bool, times: dict,
@@ -294,8 +314,8 @@ def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bo
         stale = [p for p in out.glob("prior_*") if (p / "model.safetensors").exists()]
         if stale:
             raise UserError(f"{stale[0]}: a prior trained on another tokenizer; use another --out or remove it")
-        train_tokenizer(tok_run, suite.pretrain, out / "tokenizer", progress=progress)
-        write_json(out / "tokenizer" / RUN_RECORD, to_dict(tok_run))
+        train_recorded(out / "tokenizer", tok_run,
+                       lambda resume: train_tokenizer(tok_run, suite.pretrain, out / "tokenizer", resume, progress))
     times["tokenizer"] = time.time() - t
     t = time.time()
     tokenize_corpus(load_tokenizer(out / "tokenizer"), suite.pretrain, out / "store", progress=progress,
@@ -314,8 +334,9 @@ def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bo
                           codes=TokenStore(out / "store").meta.codebook_size, seed=seed)
             times["relabel"] = time.time() - t
         if not reuse(out / f"prior_{name}", runs[name]):
-            train_prior(runs[name], store, out / f"prior_{name}", progress=progress)
-            write_json(out / f"prior_{name}" / RUN_RECORD, to_dict(runs[name]))
+            train_recorded(out / f"prior_{name}", runs[name],
+                           lambda resume, run=runs[name], store=store, folder=out / f"prior_{name}":
+                           train_prior(run, store, folder, resume, progress))
         times[f"prior_{name}"] = time.time() - t
 
     # the random-weights control: the codes -> codes prior's config, never trained

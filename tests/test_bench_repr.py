@@ -24,13 +24,14 @@ from musetok.evaluation.bench_repr import (
     headroom,
     reuse,
     target_rows,
+    train_recorded,
 )
 from musetok.prior.builder import load_prior
 from musetok.shared.errors import UserError
 from musetok.shared.normalize import MelStats
 from musetok.shared.token_store import TokenStore
 from musetok.tokenizer.features import FrameStacker
-from tests.conftest import tone, write
+from tests.conftest import TINY_PRIOR, tone, write
 
 QUICK_PRIORS = ["--set", "model.mask_span=3", "--priors", "codes,frames_random,frames_kmeans,frames_codes_chroma",
                 "--tokenizer-set", "model.codebook_size=64"]
@@ -199,6 +200,33 @@ def test_a_setting_added_since_counts_at_its_default_when_reusing(tmp_path):
     (folder / RUN_RECORD).write_text(json.dumps(old))
     with pytest.raises(UserError, match="other settings"):
         reuse(folder, load_config(PriorRunConfig, "small", kind="prior"))
+
+
+def test_a_training_killed_midway_resumes_and_one_with_other_settings_is_refused(tmp_path, store):
+    """A prior whose training was killed after a checkpoint is neither refused nor started again when the benchmark
+    runs again with the same settings: it resumes from the checkpoint and ends with the steps of the whole run."""
+    from musetok.prior.train import PriorRunConfig, train_prior
+    from musetok.shared.config import load_config
+    folder = tmp_path / "prior"
+    run = load_config(PriorRunConfig, None, TINY_PRIOR + ["train.steps=8", "train.checkpoint_every=4"])
+    resumed = []
+
+    def killed(resume):
+        resumed.append(resume)
+        train_prior(run, store, folder, resume, progress=False, stop_at=4)  # a checkpoint at step 4, then the kill
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_recorded(folder, run, killed)
+    assert (folder / "model.safetensors").exists() and not (folder / RUN_RECORD).exists()
+    assert not reuse(folder, run)  # not done, and not refused
+    with pytest.raises(UserError, match="stopped training with other settings"):
+        reuse(folder, load_config(PriorRunConfig, None, TINY_PRIOR + ["train.steps=9"]))
+    train_recorded(folder, run, lambda resume: resumed.append(resume) or train_prior(run, store, folder, resume,
+                                                                                     progress=False))
+    assert resumed == [False, True] and reuse(folder, run)
+    steps = [json.loads(ln)["step"] for ln in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 8
 
 
 def test_the_front_end_row_is_each_band_s_statistics_over_every_mel_frame():
