@@ -35,7 +35,8 @@ def rotary_tables(max_len: int, head_dim: int, base: float) -> tuple[torch.Tenso
     sin negated (`apply_rotary` swaps the halves without negating one: the same numbers, one pass fewer)."""
     inv = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
     ang = torch.outer(torch.arange(max_len).float(), inv)  # (T, hd/2)
-    return torch.cat([ang, ang], dim=-1).cos(), torch.cat([-ang.sin(), ang.sin()], dim=-1)
+    sin = ang.sin()
+    return torch.cat([ang, ang], dim=-1).cos(), torch.cat([-sin, sin], dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -162,7 +163,9 @@ class FrameConv(nn.Module):
 
     def stack(self, x: torch.Tensor) -> torch.Tensor:
         """`(N, S, M)` -> `(N, S * H, M)`: channel `s * H + j` at band `b` is frame `s`'s band `b + shifts[j]`
-        (zero past either end)."""
+        (zero past either end); with no harmonics, `x` itself."""
+        if self.shifts == [0]:
+            return x
         m = self.bands
 
         def shifted(s: int) -> torch.Tensor:
@@ -173,8 +176,7 @@ class FrameConv(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """`(..., S * M)` -> `(..., dim)`."""
-        x = frames.reshape(-1, frames.shape[-1] // self.bands, self.bands)
-        x = x if self.shifts == [0] else self.stack(x)
+        x = self.stack(frames.reshape(-1, frames.shape[-1] // self.bands, self.bands))
         return self.out(F.gelu(self.conv(x)).flatten(1)).reshape(*frames.shape[:-1], -1)
 
 
