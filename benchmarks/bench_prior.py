@@ -6,7 +6,11 @@ Same width / depth / heads / sequence / batch for every model (default hidden 25
 4 heads, seq 512, batch 8, vocabulary 512, fp32, no dropout, fused AdamW for all). Models are
 timed in interleaved rounds (A B C D A B C D ...) so machine noise hits all alike; the median step
 time per model is reported, as training tokens per second and as a fraction of this machine's fp32
-matmul peak measured in the same run. FLOPs per token use nanoGPT's estimate for every model:
+matmul peak measured in the same run. The speed against the faster HF model is paired: its step time
+over the model's in each round, median and range over the rounds (a shared machine's speed drifts by
+10-20% between runs, which a ratio of two medians from different moments does not cancel).
+`--models` keeps the models whose names contain one of its comma-separated parts (the HF models are
+always timed). FLOPs per token use nanoGPT's estimate for every model:
 6 * (transformer-block parameters) + 12 * layers * seq * hidden.
 
 Then embedding throughput (audio seconds per wall second: tokenize + prior) of the `small`
@@ -111,6 +115,9 @@ def bench_training(args) -> None:
     torch.set_num_threads(args.threads)
     peak = matmul_peak()
     runners = make_runners(args)
+    if args.models:
+        keep = [m.strip() for m in args.models.split(",")]
+        runners = {k: v for k, v in runners.items() if k.startswith("HF") or any(m in k for m in keep)}
     tokens = args.batch * args.seq
     times: dict[str, list[float]] = {k: [] for k in runners}
     for fn, _ in runners.values():  # warm-up
@@ -136,11 +143,14 @@ def bench_training(args) -> None:
         flops = (6 * n_block + 12 * args.layers * args.seq * args.hidden) * tokens / s
         results[name] = tokens / s
         print(f"{name:24s} {s * 1e3:9.1f} {tokens / s:10.0f} {flops / 1e9:9.1f} {flops / peak:8.1%}")
-    hf = [v for k, v in results.items() if k.startswith("HF")]
+    hf = [k for k in results if k.startswith("HF")]
     if hf:
-        best_hf = max(hf)
+        best_hf = max(hf, key=results.get)
+        print(f"\nspeed against {best_hf} (the faster HF model), paired per round: median [min - max] of "
+              f"{args.rounds} rounds; target >= 1.1x")
         for name in (k for k in results if k.startswith("musetok")):
-            print(f"{name} / faster HF model: {results[name] / best_hf:.2f}x  (target >= 1.1x)")
+            ratios = sorted(h / m for h, m in zip(times[best_hf], times[name]))
+            print(f"{name}: {statistics.median(ratios):.3f}x [{ratios[0]:.3f} - {ratios[-1]:.3f}]")
 
 
 def bench_embedding() -> None:
@@ -186,6 +196,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="", help="time only musetok models whose names contain one of these "
+                    "comma-separated parts (and the HF models)")
     ap.add_argument("--skip-embedding", action="store_true")
     ap.add_argument("--embedding-only", action="store_true")
     args = ap.parse_args()
