@@ -3,15 +3,15 @@
     python benchmarks/bench_prior.py [--rounds 5] [--steps 5] [--skip-embedding | --embedding-only]
 
 Same width / depth / heads / sequence / batch for every model (default hidden 256, 4 layers,
-4 heads, seq 512, batch 8, vocabulary 512, fp32, no dropout, fused AdamW for all). Models are
-timed in interleaved rounds (A B C D A B C D ...) so machine noise hits all alike; the median step
-time per model is reported, as training tokens per second and as a fraction of this machine's fp32
-matmul peak measured in the same run. The speed against the faster HF model is paired: its step time
-over the model's in each round, median and range over the rounds (a shared machine's speed drifts by
-10-20% between runs, which a ratio of two medians from different moments does not cancel).
-`--models` keeps the models whose names contain one of its comma-separated parts (the HF models are
-always timed). FLOPs per token use nanoGPT's estimate for every model:
-6 * (transformer-block parameters) + 12 * layers * seq * hidden.
+4 heads, seq 512, batch 8, vocabulary 512, fp32 or, with `--dtype bfloat16`, all under CPU bf16
+autocast; no dropout, fused AdamW for all). Models are timed in interleaved rounds (A B C D A B C D
+...) so machine noise hits all alike; the median step time per model is reported, as training tokens
+per second and as a fraction of this machine's fp32 matmul peak measured in the same run. The speed
+against the faster HF model is paired: its step time over the model's in each round, median and range
+over the rounds (a shared machine's speed drifts by 10-20% between runs, which a ratio of two medians
+from different moments does not cancel). `--models` keeps the models whose names contain one of its
+comma-separated parts (the HF models are always timed). FLOPs per token use nanoGPT's estimate for
+every model: 6 * (transformer-block parameters) + 12 * layers * seq * hidden.
 
 Then embedding throughput (audio seconds per wall second: tokenize + prior) of the `small`
 configs on synthetic music.
@@ -20,6 +20,7 @@ configs on synthetic music.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -52,6 +53,14 @@ def block_params(model: torch.nn.Module, names: tuple[str, ...]) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if any(k in n for k in names))
 
 
+def autocast(args):
+    """`--dtype bfloat16`: every model's forward under CPU bf16 autocast (what `train.dtype: bfloat16` does),
+    weights and optimizer in fp32."""
+    if args.dtype == "bfloat16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def make_runners(args):
     v, d, l, h, t, b = args.vocab, args.hidden, args.layers, args.heads, args.seq, args.batch
     codes = torch.randint(0, v, (b, 1, t))
@@ -78,7 +87,8 @@ def make_runners(args):
                       chroma if aux_chroma else None)
 
         def step(model=model, opt=opt, batch=batch):
-            o = compute_loss(model, batch)
+            with autocast(args):
+                o = compute_loss(model, batch)
             o.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -103,7 +113,8 @@ def make_runners(args):
         opt = make_optimizer(model, 1e-4, 0.1)
 
         def step(model=model, opt=opt, kw=kw):
-            out = model(input_ids=ids, **kw)
+            with autocast(args):
+                out = model(input_ids=ids, **kw)
             out.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -131,7 +142,8 @@ def bench_training(args) -> None:
             times[name].append((time.perf_counter() - t) / args.steps)
     peak2 = matmul_peak()
     peak = max(peak, peak2)
-    print(f"\nfp32 matmul peak on {args.threads} threads: {peak / 1e9:.1f} GFLOP/s "
+    print(f"\ntraining dtype: {args.dtype} (autocast for every model)")
+    print(f"fp32 matmul peak on {args.threads} threads: {peak / 1e9:.1f} GFLOP/s "
           f"(best of before/after the run)")
     print(f"config: hidden {args.hidden}, {args.layers} layers, {args.heads} heads, seq {args.seq}, "
           f"batch {args.batch}, "
@@ -198,6 +210,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default="", help="time only musetok models whose names contain one of these "
                     "comma-separated parts (and the HF models)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="bfloat16: every model under CPU bf16 autocast (fast where the CPU has AMX)")
     ap.add_argument("--skip-embedding", action="store_true")
     ap.add_argument("--embedding-only", action="store_true")
     args = ap.parse_args()
