@@ -35,7 +35,7 @@ log = logging.getLogger("musetok")
 class PriorTrainConfig(training.LoopConfig):
     weight_decay: float = 0.1
     valid_batches: int = 8
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"   # auto: bf16 autocast on GPU, fp32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"   # auto: bf16 autocast on GPU and AMX CPUs, else fp32
     compile: bool = False
 
 
@@ -79,8 +79,8 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
         check_tokenizer(read_prior_config(out), store.meta, store_dir, targets=True)
     r = training.start_run(out, resume, tc)
     out, d, device = r.out, r.dist, r.device
-    use_bf16 = tc.dtype == "bfloat16" or (tc.dtype == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else None
+    amp = training.autocast_dtype(tc.dtype, device)
+    autocast = torch.autocast(device.type, dtype=amp) if amp is not None else None
 
     # -- data: windows from the store, split by file ----------------------------------------------
     paths = [e.path for e in store.items]
@@ -90,9 +90,9 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                                          mc.aux_chroma > 0, mix)  # validation windows stay clean
                             for part, mix in ((train_paths, (mc.mix_prob, mc.mix_db)), (valid_paths, None)))
     if d.is_main:
-        log.info("prior data: %d train files (%d frames), %d valid files; objective %s (%s -> %s)%s",
+        log.info("prior data: %d train files (%d frames), %d valid files; objective %s (%s -> %s); %s on %s%s",
                  len(train_paths), train_src.frames_total, len(valid_paths), mc.objective, mc.input_kind,
-                 mc.target_kind,
+                 mc.target_kind, "bf16 autocast" if amp is not None else "fp32", device.type,
                  f"; {d.world} processes" if d.enabled else "")
 
     # -- model, optimizer, state -------------------------------------------------------------------

@@ -55,6 +55,26 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int, min_ratio: float =
     return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (Intel AMX tiles, as on Sapphire Rapids and later),
+    so that bf16 autocast makes a CPU training step faster; elsewhere it emulates bf16 and is slower."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x: absent -> False
+    try:
+        return bool(probe()) if probe is not None else False
+    except Exception:  # noqa: BLE001 - a failing capability probe only means "no"
+        return False
+
+
+def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """`train.dtype` -> the autocast dtype, or None for plain fp32. `auto` is bf16 on CUDA and on a CPU
+    with native bf16 (AMX; measured level in `bench-repr` and 1.15x faster on the `small` prior), fp32
+    on any other CPU."""
+    if setting == "bfloat16" or (setting == "auto" and (device.type == "cuda" or
+                                                        (device.type == "cpu" and cpu_has_native_bf16()))):
+        return torch.bfloat16
+    return None
+
+
 def decays(name: str, p: torch.Tensor) -> bool:
     """Weight decay goes on weight matrices and embeddings only: never on a bias, whatever its shape (the
     prior's `(K, V)` output bias is 2-D), nor on norms and other 1-D parameters."""

@@ -597,3 +597,37 @@ def test_a_conv_front_end_shares_its_filters_across_the_bands(tmp_path, store):
     with torch.no_grad():  # the frozen map's frames, plus what the convolution adds
         h = fixed.embed_inputs(frames.flatten(2))
     assert torch.allclose(h, frames.flatten(2) @ fixed.proj_in.weight.T + fixed.proj_conv(frames.flatten(2)), atol=1e-6)
+
+
+def test_dtype_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from musetok.shared import training
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert training.autocast_dtype("float32", cuda) is None
+    assert training.autocast_dtype("bfloat16", cpu) is torch.bfloat16
+    assert training.autocast_dtype("auto", cuda) is torch.bfloat16
+    for probe, want in ((lambda: True, torch.bfloat16), (lambda: False, None), (lambda: 1 / 0, None)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", probe, raising=False)
+        assert training.autocast_dtype("auto", cpu) is want
+        assert training.autocast_dtype("float32", cpu) is None
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert training.autocast_dtype("auto", cpu) is None  # a torch without the probe: fp32
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_dtype_auto_trains_as_the_cpu_allows(tmp_path, store, monkeypatch, caplog, amx):
+    """`auto` on an AMX CPU trains exactly as `bfloat16` does; on another CPU exactly as `float32`."""
+    from musetok.prior.train import PriorRunConfig, train_prior
+    from musetok.shared.io import load_weights
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    weights = {}
+    for dtype in ("auto", "float32", "bfloat16"):
+        run = load_config(PriorRunConfig, None, TINY_PRIOR + ["train.steps=6", f"train.dtype={dtype}"])
+        with caplog.at_level("INFO", logger="musetok"):
+            train_prior(run, store, tmp_path / dtype, progress=False)
+        weights[dtype] = load_weights(tmp_path / dtype)
+        if dtype == "auto":
+            assert ("bf16 autocast on cpu" if amx else "fp32 on cpu") in caplog.text
+    same, other = ("bfloat16", "float32") if amx else ("float32", "bfloat16")
+    for k in weights["auto"]:
+        torch.testing.assert_close(weights["auto"][k], weights[same][k], rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(weights["auto"][k], weights[other][k]) for k in weights["auto"])
