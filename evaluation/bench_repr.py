@@ -140,6 +140,12 @@ PRIORS["frames_drop"] = _variant("frames", "model.dropout=0.1", "model.attn_drop
                                  row="prior: frames -> frames, dropout 0.1 (masked_frames)")
 # The prior the `small` configs ship (configs/prior/small.yaml; checked by the tests).
 RECOMMENDED = "frames_codes_conv16"
+# BEST-RQ's frozen random-projection codes as the targets of the recommended recipe instead of the VQ-VAE's (the
+# issue's question: are learned codes worth their training?). The VQ-VAE's codes carry almost no pitch (bag of codes:
+# real-music pitch 0.05); a random projection of the semitone frames keeps whatever its 16 directions see.
+PRIORS["frames_random_conv16"] = _variant(RECOMMENDED, "model.targets=random",
+                                          row="prior: frames -> random-projection codes + frames, conv front-end, "
+                                              "16 channels (BEST-RQ-style)")
 # HuBERT's second round: the recommended prior again, its code targets replaced by k-means on the middle layer of
 # the trained recommended prior (`musetok relabel`). Same steps, but it needs the first round trained first.
 SECOND_ROUND = "frames_kmeans"

@@ -153,6 +153,7 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                      {"trained on": f"{len(train_paths)} files, {store.hours:.2f} h in the store ({store_dir}); "
                                     f"{len(valid_paths)} files for validation",
                       "steps": f"{step} of {tc.steps}, batch {tc.batch_size} x {mc.max_len} frames",
+                      "precision": ("bf16 autocast" if amp is not None else "fp32") + f" on {device.type}",
                       "reads -> predicts": f"{mc.input_kind} -> {mc.target_kind}" +
                                            "".join(f" + {w:g} x {name}" for name, w in
                                                    (("frames", mc.aux_frames), ("chroma", mc.aux_chroma)) if w > 0)

@@ -627,6 +627,8 @@ def test_dtype_auto_trains_as_the_cpu_allows(tmp_path, store, monkeypatch, caplo
         weights[dtype] = load_weights(tmp_path / dtype)
         if dtype == "auto":
             assert ("bf16 autocast on cpu" if amx else "fp32 on cpu") in caplog.text
+            card = (tmp_path / dtype / "README.md").read_text()
+            assert f"| precision | {'bf16 autocast' if amx else 'fp32'} on cpu |" in card
     same, other = ("bfloat16", "float32") if amx else ("float32", "bfloat16")
     for k in weights["auto"]:
         torch.testing.assert_close(weights["auto"][k], weights[same][k], rtol=0, atol=0, msg=k)
