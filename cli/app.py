@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "frames_codes_drop, frames_drop (residual dropout 0.1), frames_conv (the control with the "
                         "conv), frames_codes_hconv (the conv over harmonically stacked bands), "
                         "frames_codes_fixed_conv (the conv beside a frozen map), frames_random_conv16 (the recommended "
-                        "recipe with BEST-RQ's random-projection codes as targets), frames_kmeans (second round: "
+                        "recipe with BEST-RQ's random-projection codes as targets), frames_codes_conv16_rand (with "
+                        "them beside the VQ-VAE's codes), frames_kmeans (second round: "
                         "trains frames_codes_conv16 first), frames (the frames control always is)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")

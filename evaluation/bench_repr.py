@@ -146,6 +146,11 @@ RECOMMENDED = "frames_codes_conv16"
 PRIORS["frames_random_conv16"] = _variant(RECOMMENDED, "model.targets=random",
                                           row="prior: frames -> random-projection codes + frames, conv front-end, "
                                               "16 channels (BEST-RQ-style)")
+# Both targets (MERT's multi-target idea): the recommended recipe with BEST-RQ's codes as a second cross-entropy
+# beside the VQ-VAE's codes and the frames (`model.aux_random`), each with its own head.
+PRIORS["frames_codes_conv16_rand"] = _variant(RECOMMENDED, "model.aux_random=1.0",
+                                              row="prior: frames -> codes + random-projection codes + frames, conv "
+                                                  "front-end, 16 channels (mlm)")
 # HuBERT's second round: the recommended prior again, its code targets replaced by k-means on the middle layer of
 # the trained recommended prior (`musetok relabel`). Same steps, but it needs the first round trained first.
 SECOND_ROUND = "frames_kmeans"

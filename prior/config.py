@@ -58,6 +58,8 @@ class PriorConfig:
     predict_ahead: int = 3          # next_frames: predict the frame this many steps ahead (APC's n)
     aux_frames: float = 0.0         # code targets: + this weight x L1 of the masked frames (MERT's CQT target)
     aux_chroma: float = 0.0         # masked priors: + this weight x KL of the masked frames' chroma (semitone stores)
+    aux_random: float = 0.0         # masked code-target priors: + this weight x cross-entropy on BEST-RQ's random-
+    #                                 projection codes (rpq_*) of the masked clean frames, beside the tokenizer's codes
     mix_prob: float = 0.0           # masked priors reading frames: chance a training window's input gets a stretch
     mix_db: float = 5.0             #   of another mixed in, at +-mix_db dB (WavLM / MERT); its targets stay clean
     rpq_codebooks: int = 1          # targets=random: BEST-RQ's frozen random-projection quantisers
@@ -91,6 +93,9 @@ class PriorConfig:
         check(self.aux_chroma >= 0.0, "model.aux_chroma", "must be >= 0")
         check(self.aux_chroma == 0.0 or not self.causal, "model.aux_chroma",
               "is an extra target for masked priors (objective mlm or masked_frames)")
+        check(self.aux_random >= 0.0, "model.aux_random", "must be >= 0")
+        check(self.aux_random == 0.0 or (self.target_kind == "codes" and not self.causal), "model.aux_random",
+              "is an extra random-projection target beside the tokenizer's codes (objective mlm, model.targets codes)")
         check(0.0 <= self.mix_prob <= 1.0, "model.mix_prob", "must be in [0, 1]")
         check(self.mix_db >= 0.0, "model.mix_db", "must be >= 0")
         check(self.mask_fill == "bert" or (self.reads_frames and not self.causal), "model.mask_fill",
@@ -148,4 +153,5 @@ class PriorConfig:
 
     @property
     def uses_frames(self) -> bool:
-        return self.reads_frames or self.target_kind != "codes" or self.aux_frames > 0 or self.aux_chroma > 0
+        return (self.reads_frames or self.target_kind != "codes" or self.aux_frames > 0 or self.aux_chroma > 0
+                or self.aux_random > 0)

@@ -204,10 +204,12 @@ class Prior(nn.Module):
             self.head_bias = nn.Parameter(torch.zeros(k, v))
             if not self.tied:  # nothing to tie to: output code embeddings of their own
                 self.code_out = nn.Parameter(torch.randn(k, v, cfg.dim) * 0.02)
-            if cfg.target_kind == "random":
-                proj, book = random_quantizer(cfg)
-                self.register_buffer("rpq_proj", proj)
-                self.register_buffer("rpq_codebook", book)
+        if cfg.target_kind == "random" or cfg.aux_random > 0:
+            proj, book = random_quantizer(cfg)
+            self.register_buffer("rpq_proj", proj)
+            self.register_buffer("rpq_codebook", book)
+        if cfg.aux_random > 0:  # the random codes' own head, beside the tokenizer codes' one
+            self.random_head = nn.Linear(cfg.dim, cfg.rpq_codebooks * cfg.rpq_size)
         if not cfg.predicts_codes or cfg.aux_frames > 0:
             self.head = nn.Linear(cfg.dim, cfg.frame_dim)
         if cfg.aux_chroma > 0:
@@ -320,6 +322,10 @@ class Prior(nn.Module):
         frozen random codebook to the frozen random projection of the frame."""
         z = F.normalize(torch.einsum("...f,kfd->...kd", frames.float(), self.rpq_proj), dim=-1)  # (..., K, d)
         return torch.einsum("...kd,kvd->...kv", z, self.rpq_codebook).argmax(-1)
+
+    def random_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """`aux_random`: normalised states `(..., D)` -> logits `(..., K, V)` over the random-projection codes."""
+        return self.random_head(h).unflatten(-1, (self.cfg.rpq_codebooks, self.cfg.rpq_size))
 
     def chroma_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Normalised states `(..., D)` -> chroma logits `(..., S, 12)`, one distribution per stacked mel frame."""

@@ -8,6 +8,8 @@ it predicts are `cfg.input_kind` / `cfg.target_kind` (see `prior/config.py`):
 - random targets: cross-entropy over BEST-RQ's random-projection codes of the clean frames;
 - `aux_frames` > 0 adds L1 on the masked frames to a code loss (MERT's CQT reconstruction, with the
   `semitone` front-end);
+- `aux_random` > 0 adds cross-entropy over BEST-RQ's random-projection codes of the clean masked frames to
+  the tokenizer's code loss (its own head);
 - `aux_chroma` > 0 adds the KL divergence of the predicted from the true chroma of the masked frames
   (MERT's chroma target; `prior.data.Chroma`), to either masked loss;
 - `mix_prob` > 0 (masked priors reading frames): the prior reads `batch.frames_in`, windows with another
@@ -67,6 +69,10 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
             out = _code_loss(model, h, target)
             if cfg.aux_frames > 0:  # MERT: a reconstruction target beside the codes
                 out.loss = out.loss + cfg.aux_frames * F.l1_loss(unwrap(model).frame_prediction(h), frames[mask])
+            if cfg.aux_random > 0:  # BEST-RQ's codes of the clean masked frames beside the tokenizer's
+                logits = unwrap(model).random_logits(h).float()  # (N, K, V)
+                target = unwrap(model).random_codes(frames[mask])  # (N, K)
+                out.loss = out.loss + cfg.aux_random * F.cross_entropy(logits.flatten(0, 1), target.flatten())
         else:
             out = LossOutput(F.l1_loss(unwrap(model).frame_prediction(h), frames[mask]), int(mask.sum()))
         if cfg.aux_chroma > 0:  # MERT's other musical target: pitch classes, octave- and loudness-free

@@ -443,6 +443,41 @@ def test_aux_frames_adds_the_masked_frame_l1():
         cfg(objective="masked_frames", aux_frames=1.0)
 
 
+def test_aux_random_adds_the_masked_frames_random_code_cross_entropy():
+    """`aux_random`: the tokenizer's code loss plus w x cross-entropy of the random head against BEST-RQ's codes
+    of the clean masked frames (the same frozen quantiser `targets: random` uses)."""
+    torch.manual_seed(0)
+    m = Prior(cfg(inputs="frames", aux_random=0.5, rpq_size=8))
+    assert m.code_out.shape == (2, 16, 32)  # the tokenizer's codes stay the main target
+    codes, frames = torch.randint(0, 16, (2, 2, 20)), torch.randn(2, 20, 12)
+    batch = Batch(codes, frames, torch.full((2,), 20), torch.arange(2))
+    with_aux = compute_loss(m, batch).loss
+    m.cfg.aux_random = 0.0
+    without = compute_loss(m, batch).loss.detach()
+    gens = row_generators(batch.seeds)  # the masking draws, in compute_loss's order
+    mask = span_mask(batch.lengths, 20, m.cfg.mask_rate, m.cfg.mask_span, gens)
+    h = m(corrupt_frames(frames, mask, batch.lengths, gens), keep=mask).hidden
+    target = Prior(cfg(inputs="frames", targets="random", rpq_size=8)).random_codes(frames[mask])  # same seed
+    ce = torch.nn.functional.cross_entropy(m.random_logits(h).flatten(0, 1), target.flatten())
+    assert torch.allclose(with_aux - without, 0.5 * ce, atol=1e-5)
+    with_aux.backward()
+    assert m.random_head.weight.grad.abs().sum() > 0
+    assert not any("rpq" in n for n, _ in m.named_parameters())
+    for bad in (dict(objective="ar", inputs="frames"), dict(inputs="frames", targets="random")):
+        with pytest.raises(ConfigError, match="aux_random"):
+            cfg(aux_random=1.0, **bad)
+
+
+def test_an_aux_random_prior_trains_and_says_so(tmp_path, store):
+    from musetok.prior.train import PriorRunConfig, train_prior
+    run = load_config(PriorRunConfig, None, TINY_PRIOR + ["model.inputs=frames", "model.aux_random=1.0",
+                                                          "train.steps=20", "model.max_len=32"])
+    r = train_prior(run, store, tmp_path / "p", progress=False)
+    assert np.isfinite(r.valid_loss) and r.valid_accuracy > 0
+    card = (tmp_path / "p" / "README.md").read_text()
+    assert "| reads -> predicts | frames -> codes + 1 x random-projection codes |" in card
+
+
 def test_a_noise_fill_prior_trains_and_says_so(tmp_path, store):
     from musetok.prior.train import PriorRunConfig, train_prior
     over = TINY_PRIOR + ["model.inputs=frames", "model.aux_frames=1.0", "train.steps=30", "model.max_len=32"]
