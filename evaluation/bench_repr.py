@@ -55,10 +55,12 @@ from musetok.prior.config import PriorConfig
 from musetok.prior.train import PriorRunConfig, train_prior
 from musetok.shared.audio import list_audio
 from musetok.shared.config import ConfigError, from_dict, load_config, to_dict
+from musetok.shared.distributed import pick_device
 from musetok.shared.errors import UserError
 from musetok.shared.io import STATE_FILE, file_sha1, write_json
 from musetok.shared.plots import plot_layer_curves
 from musetok.shared.token_store import TokenStore
+from musetok.shared.training import autocast_dtype
 from musetok.tokenizer.builder import load_tokenizer
 from musetok.tokenizer.encode_corpus import tokenize_corpus
 from musetok.tokenizer.train import TokenizerRunConfig, train_tokenizer
@@ -284,6 +286,15 @@ def _settings(record: Path, cls) -> dict | None:
         return None
 
 
+def concrete_dtype(run: PriorRunConfig) -> PriorRunConfig:
+    """`train.dtype: auto` made what it means on this machine (bf16 on a GPU or an AMX CPU, else fp32), so a
+    run record says which precision its model was trained in, and a model trained in one is never reused for
+    a run in the other."""
+    if run.train.dtype == "auto":
+        run.train.dtype = "float32" if autocast_dtype("auto", pick_device(run.train.device)) is None else "bfloat16"
+    return run
+
+
 def reuse(folder: Path, run) -> bool:
     """True when `folder` holds a model trained by this benchmark with exactly `run` (a repeated run picks it up);
     False when there is none, or only a training of exactly `run` that was stopped (`train_recorded` resumes it).
@@ -337,7 +348,7 @@ def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bo
         t = time.time()
         over = PRIORS[name][0] + [f"train.seed={seed}"]
         over += [f"train.steps={sizes.prior_steps}"] if sizes.prior_steps else []
-        runs[name] = load_config(PriorRunConfig, "small", over + list(prior_overrides), kind="prior")
+        runs[name] = concrete_dtype(load_config(PriorRunConfig, "small", over + list(prior_overrides), kind="prior"))
         store = out / "store"
         if name == SECOND_ROUND:  # its codes: k-means on the first round's middle layer, as many as the tokenizer's
             store = out / "store_kmeans"
@@ -356,7 +367,7 @@ def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bo
 
     def budget(r: PriorRunConfig) -> dict:
         return {**{k: getattr(r.model, k) for k in ("dim", "layers", "heads", "mlp", "max_len")},
-                **{k: getattr(r.train, k) for k in ("steps", "batch_size", "grad_accum")}}
+                **{k: getattr(r.train, k) for k in ("steps", "batch_size", "grad_accum", "dtype")}}
     same = budget(runs["frames"])
     assert all(budget(r) == same for r in runs.values()), "the priors must get equal compute"
     return {"tokenizer": to_dict(tok_run), "priors": {k: to_dict(v) for k, v in runs.items()}, "equal_compute": same,

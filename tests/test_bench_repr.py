@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from musetok.cli import main
 from musetok.evaluation.bench_repr import (
@@ -96,6 +97,11 @@ def test_prior_settings_apply_to_every_prior_alike(bench):
     # each preset names its front-end: the band convolution on the recommended prior and its second round only
     assert [p["model"]["frame_conv"] for p in priors.values()] == [False, False, False, False, True, True]
     assert [p["model"]["conv_channels"] for p in priors.values()] == [32, 32, 32, 32, 16, 16]
+    # the records say which precision `dtype: auto` meant on this machine, and every prior got the same
+    from musetok.shared.training import autocast_dtype
+    want = "float32" if autocast_dtype("auto", torch.device("cpu")) is None else "bfloat16"
+    assert {p["train"]["dtype"] for p in priors.values()} == {want}
+    assert record["suites"]["synthetic"]["equal_compute"]["dtype"] == want
     assert main(["bench-repr", "--quick", "--out", str(bench), "--priors", "nope"]) == 2
 
 
@@ -200,6 +206,21 @@ def test_a_setting_added_since_counts_at_its_default_when_reusing(tmp_path):
     (folder / RUN_RECORD).write_text(json.dumps(old))
     with pytest.raises(UserError, match="other settings"):
         reuse(folder, load_config(PriorRunConfig, "small", kind="prior"))
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_dtype_auto_is_recorded_as_the_precision_it_meant(monkeypatch, amx):
+    """A model trained in fp32 under `auto` is not reused by a run whose `auto` means bf16 (another CPU)."""
+    from musetok.evaluation.bench_repr import concrete_dtype
+    from musetok.prior.train import PriorRunConfig
+    from musetok.shared.config import load_config
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert concrete_dtype(load_config(PriorRunConfig, "small", kind="prior")).train.dtype == \
+        ("bfloat16" if amx else "float32")
+    for fixed in ("float32", "bfloat16"):  # what was asked for stays
+        run = load_config(PriorRunConfig, "small", [f"train.dtype={fixed}"], kind="prior")
+        assert concrete_dtype(run).train.dtype == fixed
 
 
 def test_a_training_killed_midway_resumes_and_one_with_other_settings_is_refused(tmp_path, store):
