@@ -81,6 +81,7 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
     out, d, device = r.out, r.dist, r.device
     amp = training.autocast_dtype(tc.dtype, device)
     autocast = torch.autocast(device.type, dtype=amp) if amp is not None else None
+    precision = ("bf16 autocast" if amp is not None else "fp32") + f" on {device.type}"
 
     # -- data: windows from the store, split by file ----------------------------------------------
     paths = [e.path for e in store.items]
@@ -90,9 +91,9 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                                          mc.aux_chroma > 0, mix)  # validation windows stay clean
                             for part, mix in ((train_paths, (mc.mix_prob, mc.mix_db)), (valid_paths, None)))
     if d.is_main:
-        log.info("prior data: %d train files (%d frames), %d valid files; objective %s (%s -> %s); %s on %s%s",
+        log.info("prior data: %d train files (%d frames), %d valid files; objective %s (%s -> %s); %s%s",
                  len(train_paths), train_src.frames_total, len(valid_paths), mc.objective, mc.input_kind,
-                 mc.target_kind, "bf16 autocast" if amp is not None else "fp32", device.type,
+                 mc.target_kind, precision,
                  f"; {d.world} processes" if d.enabled else "")
 
     # -- model, optimizer, state -------------------------------------------------------------------
@@ -153,7 +154,7 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                      {"trained on": f"{len(train_paths)} files, {store.hours:.2f} h in the store ({store_dir}); "
                                     f"{len(valid_paths)} files for validation",
                       "steps": f"{step} of {tc.steps}, batch {tc.batch_size} x {mc.max_len} frames",
-                      "precision": ("bf16 autocast" if amp is not None else "fp32") + f" on {device.type}",
+                      "precision": precision,
                       "reads -> predicts": f"{mc.input_kind} -> {mc.target_kind}" +
                                            "".join(f" + {w:g} x {name}" for name, w in
                                                    (("frames", mc.aux_frames), ("chroma", mc.aux_chroma),
