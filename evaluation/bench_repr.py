@@ -153,6 +153,12 @@ PRIORS["frames_random_conv16"] = _variant(RECOMMENDED, "model.targets=random",
 PRIORS["frames_codes_conv16_rand"] = _variant(RECOMMENDED, "model.aux_random=1.0",
                                               row="prior: frames -> codes + random-projection codes + frames, conv "
                                                   "front-end, 16 channels (mlm)")
+# data2vec / M2D's target beside the recommended recipe's: an EMA teacher's normalised top layers over the clean
+# window, regressed at the masked frames (`model.aux_teacher`). Contextual targets that carry whatever the teacher
+# keeps of pitch and timbre together, where every fixed target so far kept one at the other's cost.
+PRIORS["frames_codes_conv16_teacher"] = _variant(RECOMMENDED, "model.aux_teacher=1.0",
+                                                 row="prior: frames -> codes + frames + EMA teacher, conv front-end, "
+                                                     "16 channels (mlm)")
 # HuBERT's second round: the recommended prior again, its code targets replaced by k-means on the middle layer of
 # the trained recommended prior (`musetok relabel`). Same steps, but it needs the first round trained first.
 SECOND_ROUND = "frames_kmeans"

@@ -60,6 +60,12 @@ class PriorConfig:
     aux_chroma: float = 0.0         # masked priors: + this weight x KL of the masked frames' chroma (semitone stores)
     aux_random: float = 0.0         # masked code-target priors: + this weight x cross-entropy on BEST-RQ's random-
     #                                 projection codes (rpq_*) of the masked clean frames, beside the tokenizer's codes
+    # masked priors: + this weight x mean squared error against a teacher's targets (data2vec / M2D): an exponential
+    # moving average of the prior itself reads the clean window; the mean of its top `teacher_layers` layers' outputs
+    # (each normalised over time per channel) at the masked frames is regressed by a head of its own
+    aux_teacher: float = 0.0
+    teacher_layers: int = 2         # aux_teacher: how many of the teacher's top layers its targets average
+    teacher_decay: float = 0.996    # aux_teacher: the teacher's EMA decay per training forward
     mix_prob: float = 0.0           # masked priors reading frames: chance a training window's input gets a stretch
     mix_db: float = 5.0             #   of another mixed in, at +-mix_db dB (WavLM / MERT); its targets stay clean
     rpq_codebooks: int = 1          # targets=random: BEST-RQ's frozen random-projection quantisers
@@ -96,6 +102,12 @@ class PriorConfig:
         check(self.aux_random >= 0.0, "model.aux_random", "must be >= 0")
         check(self.aux_random == 0.0 or (self.target_kind == "codes" and not self.causal), "model.aux_random",
               "is an extra random-projection target beside the tokenizer's codes (objective mlm, model.targets codes)")
+        check(self.aux_teacher >= 0.0, "model.aux_teacher", "must be >= 0")
+        check(self.aux_teacher == 0.0 or not self.causal, "model.aux_teacher",
+              "is an extra target for masked priors (objective mlm or masked_frames)")
+        check(1 <= self.teacher_layers <= self.layers, "model.teacher_layers",
+              f"must be 1 to model.layers ({self.layers})")
+        check(0.0 <= self.teacher_decay < 1.0, "model.teacher_decay", "must be in [0, 1)")
         check(0.0 <= self.mix_prob <= 1.0, "model.mix_prob", "must be in [0, 1]")
         check(self.mix_db >= 0.0, "model.mix_db", "must be >= 0")
         check(self.mask_fill == "bert" or (self.reads_frames and not self.causal), "model.mask_fill",

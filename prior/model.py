@@ -10,7 +10,7 @@ the objective. Discrete outputs are weight-tied to the code embeddings, one head
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -216,6 +216,8 @@ class Prior(nn.Module):
             if cfg.chroma_dim < 12:
                 raise ValueError("PriorConfig.chroma_dim must be set (from a semitone token store's frames)")
             self.chroma_head = nn.Linear(cfg.dim, cfg.chroma_dim)
+        if cfg.aux_teacher > 0:  # regresses the teacher's targets (its own head)
+            self.teacher_head = nn.Linear(cfg.dim, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
         cos, sin = rotary_tables(cfg.max_len, cfg.dim // cfg.heads, cfg.rope_base)
@@ -234,6 +236,10 @@ class Prior(nn.Module):
             frozen = self.proj_in if cfg.input_proj == "fixed" else self.proj_fixed
             nn.init.orthogonal_(frozen.weight, gain=0.02 * max(frozen.weight.shape) ** 0.5)
             frozen.requires_grad_(False)
+        if cfg.aux_teacher > 0:  # data2vec: the teacher starts as the student and follows it by EMA (`update_teacher`)
+            teacher = Prior(replace(cfg, aux_teacher=0.0))
+            teacher.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("teacher_head.")})
+            self.teacher = teacher.requires_grad_(False)  # a submodule: saved, resumed and moved with the prior
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -330,6 +336,30 @@ class Prior(nn.Module):
     def chroma_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Normalised states `(..., D)` -> chroma logits `(..., S, 12)`, one distribution per stacked mel frame."""
         return self.chroma_head(h).unflatten(-1, (-1, 12))
+
+    @torch.no_grad()
+    def update_teacher(self) -> None:
+        """`aux_teacher`: teacher <- decay x teacher + (1 - decay) x student, parameter by parameter."""
+        student = dict(self.named_parameters())
+        for name, p in self.teacher.named_parameters():
+            p.lerp_(student[name], 1.0 - self.cfg.teacher_decay)
+
+    @torch.no_grad()
+    def teacher_targets(self, x, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """`aux_teacher`: the clean input (as `forward` reads it) -> `(B, T, D)` float targets, the mean of the
+        teacher's top `teacher_layers` outputs, each normalised over the valid frames per sequence and channel
+        (data2vec's instance norm)."""
+        states = self.teacher(x, valid, output_hidden_states=True).hidden_states[-self.cfg.teacher_layers:]
+        w = torch.ones(states[0].shape[:2], device=states[0].device) if valid is None else valid.float()
+        w = w[..., None]
+        n = w.sum(1, keepdim=True).clamp_min(1.0)
+        out = torch.zeros_like(states[0], dtype=torch.float32)
+        for s in states:
+            s = s.float()
+            mean = (s * w).sum(1, keepdim=True) / n
+            var = ((s - mean) ** 2 * w).sum(1, keepdim=True) / n
+            out += (s - mean) * torch.rsqrt(var + 1e-5)
+        return out / len(states)
 
     def frame_prediction(self, h: torch.Tensor) -> torch.Tensor:
         """Normalised states `(..., D)` -> frames `(..., F)`."""

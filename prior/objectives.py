@@ -10,6 +10,8 @@ it predicts are `cfg.input_kind` / `cfg.target_kind` (see `prior/config.py`):
   `semitone` front-end);
 - `aux_random` > 0 adds cross-entropy over BEST-RQ's random-projection codes of the clean masked frames to
   the tokenizer's code loss (its own head);
+- `aux_teacher` > 0 adds the mean squared error of a head's prediction against an EMA teacher's targets at the
+  masked frames (data2vec / M2D: the mean of the teacher's normalised top layers over the clean window);
 - `aux_chroma` > 0 adds the KL divergence of the predicted from the true chroma of the masked frames
   (MERT's chroma target; `prior.data.Chroma`), to either masked loss;
 - `mix_prob` > 0 (masked priors reading frames): the prior reads `batch.frames_in`, windows with another
@@ -75,6 +77,13 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
                 out.loss = out.loss + cfg.aux_random * F.cross_entropy(logits.flatten(0, 1), target.flatten())
         else:
             out = LossOutput(F.l1_loss(unwrap(model).frame_prediction(h), frames[mask]), int(mask.sum()))
+        if cfg.aux_teacher > 0:  # data2vec: regress an EMA teacher's view of the clean window at the masked frames
+            m = unwrap(model)
+            if m.training and torch.is_grad_enabled():  # each training forward, so after every optimizer step
+                m.update_teacher()
+            clean = join_input(cfg, codes if cfg.reads_codes else None, frames if cfg.reads_frames else None)
+            target = m.teacher_targets(clean, valid)[mask]
+            out.loss = out.loss + cfg.aux_teacher * F.mse_loss(m.teacher_head(h).float(), target)
         if cfg.aux_chroma > 0:  # MERT's other musical target: pitch classes, octave- and loudness-free
             logp = F.log_softmax(unwrap(model).chroma_logits(h).float(), -1)  # (N, S, 12)
             out.loss = out.loss + cfg.aux_chroma * F.kl_div(logp.flatten(0, 1), batch.chroma[mask].flatten(0, 1),

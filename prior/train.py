@@ -158,7 +158,9 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                       "reads -> predicts": f"{mc.input_kind} -> {mc.target_kind}" +
                                            "".join(f" + {w:g} x {name}" for name, w in
                                                    (("frames", mc.aux_frames), ("chroma", mc.aux_chroma),
-                                                    ("random-projection codes", mc.aux_random)) if w > 0)
+                                                    ("random-projection codes", mc.aux_random),
+                                                    (f"EMA teacher's top {mc.teacher_layers} layers (decay "
+                                                     f"{mc.teacher_decay:g})", mc.aux_teacher)) if w > 0)
                                            + (f"; {mc.mix_prob:.0%} of training windows heard with another mixed in "
                                               f"at +-{mc.mix_db:g} dB" if mc.mix_prob > 0 else "")
                                            + ("; masked frames read as noise" if mc.mask_fill == "noise" else "")

@@ -478,6 +478,68 @@ def test_an_aux_random_prior_trains_and_says_so(tmp_path, store):
     assert "| reads -> predicts | frames -> codes + 1 x random-projection codes |" in card
 
 
+def test_aux_teacher_regresses_an_ema_teacher_of_the_clean_window():
+    """`aux_teacher` (data2vec): the loss adds w x MSE of the teacher head against the mean of the teacher's top
+    layers, each normalised over time per channel, at the masked frames; the teacher starts as the student, takes no
+    gradient, follows the student by EMA in training forwards only, and is saved and restored with the prior."""
+    torch.manual_seed(0)
+    m = Prior(cfg(inputs="frames", aux_teacher=0.5, teacher_layers=2, teacher_decay=0.9))
+    student = {n: p for n, p in m.named_parameters() if not n.startswith("teacher")}
+    for n, p in m.teacher.named_parameters():
+        assert torch.equal(p, student[n]) and not p.requires_grad
+    codes, frames = torch.randint(0, 16, (2, 2, 20)), torch.randn(2, 20, 12)
+    batch = Batch(codes, frames, torch.tensor([20, 14]), torch.arange(2))
+    m.eval()
+    with torch.no_grad():
+        with_aux = compute_loss(m, batch).loss
+        m.cfg.aux_teacher = 0.0
+        without = compute_loss(m, batch).loss
+        m.cfg.aux_teacher = 0.5
+    gens = row_generators(batch.seeds)  # the masking draws, in compute_loss's order
+    mask = span_mask(batch.lengths, 20, m.cfg.mask_rate, m.cfg.mask_span, gens)
+    valid = torch.arange(20)[None] < batch.lengths[:, None]
+    with torch.no_grad():
+        h = m(corrupt_frames(frames, mask, batch.lengths, gens), valid, keep=mask).hidden
+        states = m.teacher(frames, valid, output_hidden_states=True).hidden_states[-2:]
+    targets = []
+    for s in states:  # by hand, row by row over its valid frames
+        rows = [(x[:n] - x[:n].mean(0)) / (x[:n].var(0, unbiased=False) + 1e-5).sqrt() for x, n in zip(s, [20, 14])]
+        targets.append(torch.cat([torch.nn.functional.pad(r, (0, 0, 0, 20 - len(r))) for r in rows]).view(2, 20, -1))
+    mse = torch.nn.functional.mse_loss(m.teacher_head(h), ((targets[0] + targets[1]) / 2)[mask])
+    assert torch.allclose(with_aux - without, 0.5 * mse, atol=1e-5)
+    assert all(torch.equal(p, student[n]) for n, p in m.teacher.named_parameters())  # eval forwards leave it
+    m.train()
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1)
+    before = {n: p.detach().clone() for n, p in m.teacher.named_parameters()}
+    compute_loss(m, batch).loss.backward()
+    assert all(p.grad is None for p in m.teacher.parameters()) and m.teacher_head.weight.grad.abs().sum() > 0
+    opt.step()
+    compute_loss(m, batch)  # the next training forward pulls the teacher 10% of the way to the stepped student
+    for n, p in m.teacher.named_parameters():
+        assert torch.allclose(p, 0.9 * before[n] + 0.1 * student[n].detach(), atol=1e-6)
+    assert not torch.equal(m.teacher.blocks[0].attn.qkv.weight, m.blocks[0].attn.qkv.weight)
+    again = Prior(cfg(inputs="frames", aux_teacher=0.5, teacher_layers=2, teacher_decay=0.9))
+    again.load_state_dict(m.state_dict())
+    assert torch.equal(again.teacher.blocks[0].attn.qkv.weight, m.teacher.blocks[0].attn.qkv.weight)
+    for bad, key in ((dict(objective="ar"), "aux_teacher"), (dict(teacher_layers=3), "teacher_layers"),
+                     (dict(teacher_decay=1.0), "teacher_decay")):
+        with pytest.raises(ConfigError, match=key):
+            cfg(aux_teacher=1.0, **bad)
+
+
+def test_an_aux_teacher_prior_trains_and_says_so(tmp_path, store):
+    from musetok.prior.train import PriorRunConfig, train_prior
+    run = load_config(PriorRunConfig, None, TINY_PRIOR + ["model.inputs=frames", "model.aux_teacher=1.0",
+                                                          "train.steps=20", "model.max_len=32"])
+    r = train_prior(run, store, tmp_path / "p", progress=False)
+    assert np.isfinite(r.valid_loss) and r.valid_accuracy > 0
+    card = (tmp_path / "p" / "README.md").read_text()
+    assert "| reads -> predicts | frames -> codes + 1 x EMA teacher's top 2 layers (decay 0.996) |" in card
+    from musetok.prior.builder import load_prior
+    back = load_prior(tmp_path / "p")  # the teacher comes back with the weights it was saved with
+    assert not torch.equal(back.teacher.blocks[0].attn.qkv.weight, back.blocks[0].attn.qkv.weight)
+
+
 def test_a_noise_fill_prior_trains_and_says_so(tmp_path, store):
     from musetok.prior.train import PriorRunConfig, train_prior
     over = TINY_PRIOR + ["model.inputs=frames", "model.aux_frames=1.0", "train.steps=30", "model.max_len=32"]
