@@ -159,6 +159,12 @@ PRIORS["frames_codes_conv16_rand"] = _variant(RECOMMENDED, "model.aux_random=1.0
 PRIORS["frames_codes_conv16_teacher"] = _variant(RECOMMENDED, "model.aux_teacher=1.0",
                                                  row="prior: frames -> codes + frames + EMA teacher, conv front-end, "
                                                      "16 channels (mlm)")
+# The frame target from the middle block (`model.aux_frames_layer`), the codes from the last: both targets now shape
+# the whole stack, and every lever on them traded real-music pitch for timbre; this gives the lower blocks to the
+# spectrum (so pitch) and the upper ones to the codes, and the probe picks its layer per task.
+PRIORS["frames_codes_conv16_mid"] = _variant(RECOMMENDED, "model.aux_frames_layer=2",
+                                             row="prior: frames -> codes + frames from layer 2, conv front-end, "
+                                                 "16 channels (mlm)")
 # HuBERT's second round: the recommended prior again, its code targets replaced by k-means on the middle layer of
 # the trained recommended prior (`musetok relabel`). Same steps, but it needs the first round trained first.
 SECOND_ROUND = "frames_kmeans"

@@ -57,6 +57,10 @@ class PriorConfig:
     conv_harmonics: tuple[float, ...] = ()
     predict_ahead: int = 3          # next_frames: predict the frame this many steps ahead (APC's n)
     aux_frames: float = 0.0         # code targets: + this weight x L1 of the masked frames (MERT's CQT target)
+    # aux_frames: the block whose output predicts the frames; 0 = the last (after the final LayerNorm, with the codes),
+    # 1 to layers - 1 = that block's output through a LayerNorm of its own: a lower layer kept for the spectrum (so
+    # for pitch) while the blocks above serve the codes
+    aux_frames_layer: int = 0
     aux_chroma: float = 0.0         # masked priors: + this weight x KL of the masked frames' chroma (semitone stores)
     aux_random: float = 0.0         # masked code-target priors: + this weight x cross-entropy on BEST-RQ's random-
     #                                 projection codes (rpq_*) of the masked clean frames, beside the tokenizer's codes
@@ -96,6 +100,10 @@ class PriorConfig:
         check(self.aux_frames >= 0.0, "model.aux_frames", "must be >= 0")
         check(self.aux_frames == 0.0 or (self.target_kind != "frames" and not self.causal), "model.aux_frames",
               "is an extra frame target for masked code-target priors (objective mlm)")
+        check(0 <= self.aux_frames_layer < self.layers, "model.aux_frames_layer",
+              f"must be 0 (the last block) or a block below it, 1 to {self.layers - 1}")
+        check(self.aux_frames_layer == 0 or self.aux_frames > 0, "model.aux_frames_layer",
+              "says which block predicts the aux_frames target: set model.aux_frames > 0")
         check(self.aux_chroma >= 0.0, "model.aux_chroma", "must be >= 0")
         check(self.aux_chroma == 0.0 or not self.causal, "model.aux_chroma",
               "is an extra target for masked priors (objective mlm or masked_frames)")

@@ -212,6 +212,8 @@ class Prior(nn.Module):
             self.random_head = nn.Linear(cfg.dim, cfg.rpq_codebooks * cfg.rpq_size)
         if not cfg.predicts_codes or cfg.aux_frames > 0:
             self.head = nn.Linear(cfg.dim, cfg.frame_dim)
+        if cfg.aux_frames_layer > 0:  # a lower block's un-normalised output predicts the frames through this
+            self.aux_norm = nn.LayerNorm(cfg.dim)
         if cfg.aux_chroma > 0:
             if cfg.chroma_dim < 12:
                 raise ValueError("PriorConfig.chroma_dim must be set (from a semitone token store's frames)")

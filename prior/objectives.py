@@ -7,7 +7,7 @@ it predicts are `cfg.input_kind` / `cfg.target_kind` (see `prior/config.py`):
 - frame targets: L1 on normalised mel frames (Mockingjay/TERA, APC with `predict_ahead`);
 - random targets: cross-entropy over BEST-RQ's random-projection codes of the clean frames;
 - `aux_frames` > 0 adds L1 on the masked frames to a code loss (MERT's CQT reconstruction, with the
-  `semitone` front-end);
+  `semitone` front-end), predicted from the last block or, with `aux_frames_layer`, from a lower one;
 - `aux_random` > 0 adds cross-entropy over BEST-RQ's random-projection codes of the clean masked frames to
   the tokenizer's code loss (its own head);
 - `aux_teacher` > 0 adds the mean squared error of a head's prediction against an EMA teacher's targets at the
@@ -64,13 +64,17 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
         f_in = corrupt_frames(heard.cpu(), mask, lengths.cpu(), gens, cfg.mask_fill).to(frames.device) \
             if cfg.reads_frames else None
         mask = mask.to(lengths.device)
-        h = model(join_input(cfg, c_in, f_in), valid, keep=mask).hidden  # (N, D): only masked frames are predicted
+        o = model(join_input(cfg, c_in, f_in), valid, keep=mask, output_hidden_states=cfg.aux_frames_layer > 0)
+        h = o.hidden  # (N, D): only masked frames are predicted
+        # `aux_frames_layer`: the frames from a lower block's output (its own LayerNorm), the codes from the last
+        h_frames = unwrap(model).aux_norm(o.hidden_states[cfg.aux_frames_layer][mask]) if cfg.aux_frames_layer else h
         if cfg.predicts_codes:
             target = unwrap(model).random_codes(frames[mask]) if cfg.target_kind == "random" \
                 else codes.permute(0, 2, 1)[mask]
             out = _code_loss(model, h, target)
             if cfg.aux_frames > 0:  # MERT: a reconstruction target beside the codes
-                out.loss = out.loss + cfg.aux_frames * F.l1_loss(unwrap(model).frame_prediction(h), frames[mask])
+                out.loss = out.loss + cfg.aux_frames * F.l1_loss(unwrap(model).frame_prediction(h_frames),
+                                                            frames[mask])
             if cfg.aux_random > 0:  # BEST-RQ's codes of the clean masked frames beside the tokenizer's
                 logits = unwrap(model).random_logits(h).float()  # (N, K, V)
                 target = unwrap(model).random_codes(frames[mask])  # (N, K)

@@ -443,6 +443,29 @@ def test_aux_frames_adds_the_masked_frame_l1():
         cfg(objective="masked_frames", aux_frames=1.0)
 
 
+def test_aux_frames_layer_predicts_the_frames_from_a_lower_block():
+    """`aux_frames_layer: k`: the frame target is read from block k's output through its own LayerNorm, the codes
+    from the last block as before; k = 0 is the last block (the default), and it needs aux_frames."""
+    torch.manual_seed(0)
+    m = Prior(cfg(inputs="frames", aux_frames=0.5, aux_frames_layer=1))
+    codes, frames = torch.randint(0, 16, (2, 2, 20)), torch.randn(2, 20, 12)
+    batch = Batch(codes, frames, torch.full((2,), 20), torch.arange(2))
+    loss = compute_loss(m, batch).loss
+    gens = row_generators(batch.seeds)  # the masking draws, in compute_loss's order
+    mask = span_mask(batch.lengths, 20, m.cfg.mask_rate, m.cfg.mask_span, gens)
+    o = m(corrupt_frames(frames, mask, batch.lengths, gens), keep=mask, output_hidden_states=True)
+    logits = m.code_logits(o.hidden)
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), codes.permute(0, 2, 1)[mask].flatten())
+    l1 = torch.nn.functional.l1_loss(m.frame_prediction(m.aux_norm(o.hidden_states[1][mask])), frames[mask])
+    assert torch.allclose(loss, ce + 0.5 * l1, atol=1e-5)
+    loss.backward()
+    assert m.aux_norm.weight.grad.abs().sum() > 0
+    assert not hasattr(Prior(cfg(inputs="frames", aux_frames=0.5)), "aux_norm")
+    for bad in (dict(aux_frames=0.5, aux_frames_layer=2), dict(aux_frames_layer=1)):
+        with pytest.raises(ConfigError, match="aux_frames_layer"):
+            cfg(inputs="frames", **bad)
+
+
 def test_aux_random_adds_the_masked_frames_random_code_cross_entropy():
     """`aux_random`: the tokenizer's code loss plus w x cross-entropy of the random head against BEST-RQ's codes
     of the clean masked frames (the same frozen quantiser `targets: random` uses)."""
