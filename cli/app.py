@@ -279,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "frames_codes_fixed_conv (the conv beside a frozen map), frames_random_conv16 (the recommended "
                         "recipe with BEST-RQ's random-projection codes as targets), frames_codes_conv16_rand (with "
                         "them beside the VQ-VAE's codes), frames_codes_conv16_teacher (+ an EMA teacher's target, "
-                        "data2vec), frames_codes_conv16_mid (the frame target from layer 2), frames_kmeans (second "
+                        "data2vec), frames_codes_conv16_mid (the frame target from layer 2), "
+                        "frames_codes_conv16_vis (+ the unmasked frames as a target), frames_kmeans (second "
                         "round: "
                         "trains frames_codes_conv16 first), frames (the frames control always is)")
     s.add_argument("--seed", type=int, default=0)

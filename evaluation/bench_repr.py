@@ -165,6 +165,11 @@ PRIORS["frames_codes_conv16_teacher"] = _variant(RECOMMENDED, "model.aux_teacher
 PRIORS["frames_codes_conv16_mid"] = _variant(RECOMMENDED, "model.aux_frames_layer=2",
                                              row="prior: frames -> codes + frames from layer 2, conv front-end, "
                                                  "16 channels (mlm)")
+# Masked objectives score the masked positions only; nothing asks a visible position to keep its own frame, yet every
+# position is visible when a clip is embedded. The frames left unmasked as a second L1 target, from the same head.
+PRIORS["frames_codes_conv16_vis"] = _variant(RECOMMENDED, "model.aux_visible=1.0",
+                                             row="prior: frames -> codes + frames + unmasked frames, conv front-end, "
+                                                 "16 channels (mlm)")
 # HuBERT's second round: the recommended prior again, its code targets replaced by k-means on the middle layer of
 # the trained recommended prior (`musetok relabel`). Same steps, but it needs the first round trained first.
 SECOND_ROUND = "frames_kmeans"

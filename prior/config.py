@@ -61,6 +61,10 @@ class PriorConfig:
     # 1 to layers - 1 = that block's output through a LayerNorm of its own: a lower layer kept for the spectrum (so
     # for pitch) while the blocks above serve the codes
     aux_frames_layer: int = 0
+    # masked priors with a frame target (masked_frames, or aux_frames > 0): + this weight x L1 of the frames at the
+    # positions left unmasked, from the same head. Masked objectives score masked positions only, so nothing asks a
+    # visible position (every position, once the prior embeds a clip) to keep its own frame: this does
+    aux_visible: float = 0.0
     aux_chroma: float = 0.0         # masked priors: + this weight x KL of the masked frames' chroma (semitone stores)
     aux_random: float = 0.0         # masked code-target priors: + this weight x cross-entropy on BEST-RQ's random-
     #                                 projection codes (rpq_*) of the masked clean frames, beside the tokenizer's codes
@@ -104,6 +108,11 @@ class PriorConfig:
               f"must be 0 (the last block) or a block below it, 1 to {self.layers - 1}")
         check(self.aux_frames_layer == 0 or self.aux_frames > 0, "model.aux_frames_layer",
               "says which block predicts the aux_frames target: set model.aux_frames > 0")
+        check(self.aux_visible >= 0.0, "model.aux_visible", "must be >= 0")
+        check(self.aux_visible == 0.0 or (not self.causal and (self.target_kind == "frames" or self.aux_frames > 0)
+                                          and self.aux_frames_layer == 0), "model.aux_visible",
+              "scores the unmasked frames with a masked prior's frame head (objective masked_frames, or mlm with "
+              "model.aux_frames > 0 on the last block)")
         check(self.aux_chroma >= 0.0, "model.aux_chroma", "must be >= 0")
         check(self.aux_chroma == 0.0 or not self.causal, "model.aux_chroma",
               "is an extra target for masked priors (objective mlm or masked_frames)")

@@ -10,6 +10,8 @@ it predicts are `cfg.input_kind` / `cfg.target_kind` (see `prior/config.py`):
   `semitone` front-end), predicted from the last block or, with `aux_frames_layer`, from a lower one;
 - `aux_random` > 0 adds cross-entropy over BEST-RQ's random-projection codes of the clean masked frames to
   the tokenizer's code loss (its own head);
+- `aux_visible` > 0 adds L1 on the frames left unmasked, from the frame head (masked objectives score only the
+  masked frames; this asks every position to keep its own);
 - `aux_teacher` > 0 adds the mean squared error of a head's prediction against an EMA teacher's targets at the
   masked frames (data2vec / M2D: the mean of the teacher's normalised top layers over the clean window);
 - `aux_chroma` > 0 adds the KL divergence of the predicted from the true chroma of the masked frames
@@ -64,8 +66,10 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
         f_in = corrupt_frames(heard.cpu(), mask, lengths.cpu(), gens, cfg.mask_fill).to(frames.device) \
             if cfg.reads_frames else None
         mask = mask.to(lengths.device)
-        o = model(join_input(cfg, c_in, f_in), valid, keep=mask, output_hidden_states=cfg.aux_frames_layer > 0)
-        h = o.hidden  # (N, D): only masked frames are predicted
+        # `aux_visible` scores the unmasked frames too, so the last block runs everywhere
+        o = model(join_input(cfg, c_in, f_in), valid, keep=None if cfg.aux_visible > 0 else mask,
+                  output_hidden_states=cfg.aux_frames_layer > 0)
+        h = o.hidden[mask] if cfg.aux_visible > 0 else o.hidden  # (N, D): the masked frames' states
         # `aux_frames_layer`: the frames from a lower block's output (its own LayerNorm), the codes from the last
         h_frames = unwrap(model).aux_norm(o.hidden_states[cfg.aux_frames_layer][mask]) if cfg.aux_frames_layer else h
         if cfg.predicts_codes:
@@ -81,6 +85,10 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
                 out.loss = out.loss + cfg.aux_random * F.cross_entropy(logits.flatten(0, 1), target.flatten())
         else:
             out = LossOutput(F.l1_loss(unwrap(model).frame_prediction(h), frames[mask]), int(mask.sum()))
+        if cfg.aux_visible > 0:  # each unmasked position's own frame, from the same head
+            seen = valid & ~mask
+            out.loss = out.loss + cfg.aux_visible * F.l1_loss(unwrap(model).frame_prediction(o.hidden[seen]),
+                                                              frames[seen])
         if cfg.aux_teacher > 0:  # data2vec: regress an EMA teacher's view of the clean window at the masked frames
             m = unwrap(model)
             if m.training and torch.is_grad_enabled():  # each training forward, so after every optimizer step

@@ -159,7 +159,7 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                                            "".join(f" + {w:g} x {name}" for name, w in
                                                    (("frames" + (f" (from layer {mc.aux_frames_layer})"
                                                                 if mc.aux_frames_layer else ""), mc.aux_frames),
-                                                    ("chroma", mc.aux_chroma),
+                                                    ("unmasked frames", mc.aux_visible), ("chroma", mc.aux_chroma),
                                                     ("random-projection codes", mc.aux_random),
                                                     (f"EMA teacher's top {mc.teacher_layers} layers (decay "
                                                      f"{mc.teacher_decay:g})", mc.aux_teacher)) if w > 0)

@@ -466,6 +466,30 @@ def test_aux_frames_layer_predicts_the_frames_from_a_lower_block():
             cfg(inputs="frames", **bad)
 
 
+def test_aux_visible_adds_the_unmasked_frames_l1():
+    """`aux_visible`: the loss adds w x L1 of the frame head at the valid unmasked positions (not padding), the
+    masked part unchanged; the masked-only loss is the same with the last block run everywhere."""
+    torch.manual_seed(0)
+    m = Prior(cfg(inputs="frames", aux_frames=1.0, aux_visible=0.5))
+    codes, frames = torch.randint(0, 16, (2, 2, 20)), torch.randn(2, 20, 12)
+    batch = Batch(codes, frames, torch.tensor([20, 13]), torch.arange(2))
+    with_aux = compute_loss(m, batch).loss
+    m.cfg.aux_visible = 0.0
+    without = compute_loss(m, batch).loss.detach()
+    gens = row_generators(batch.seeds)  # the masking draws, in compute_loss's order
+    mask = span_mask(batch.lengths, 20, m.cfg.mask_rate, m.cfg.mask_span, gens)
+    valid = torch.arange(20)[None] < batch.lengths[:, None]
+    h = m(corrupt_frames(frames, mask, batch.lengths, gens), valid).hidden
+    seen = valid & ~mask
+    assert 0 < int(seen.sum()) < int(valid.sum())
+    l1 = torch.nn.functional.l1_loss(m.frame_prediction(h[seen]), frames[seen])
+    assert torch.allclose(with_aux - without, 0.5 * l1, atol=1e-5)
+    for bad in (dict(objective="next_frames"), dict(aux_frames=0.0), dict(aux_frames=1.0, aux_frames_layer=1)):
+        with pytest.raises(ConfigError, match="aux_visible"):
+            cfg(inputs="frames", aux_visible=1.0, **bad)
+    cfg(objective="masked_frames", aux_visible=1.0)  # the control may take it too
+
+
 def test_aux_random_adds_the_masked_frames_random_code_cross_entropy():
     """`aux_random`: the tokenizer's code loss plus w x cross-entropy of the random head against BEST-RQ's codes
     of the clean masked frames (the same frozen quantiser `targets: random` uses)."""
