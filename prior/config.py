@@ -122,7 +122,7 @@ class PriorConfig:
         check(self.aux_teacher >= 0.0, "model.aux_teacher", "must be >= 0")
         check(self.aux_teacher == 0.0 or not self.causal, "model.aux_teacher",
               "is an extra target for masked priors (objective mlm or masked_frames)")
-        check(1 <= self.teacher_layers <= self.layers, "model.teacher_layers",
+        check(self.aux_teacher == 0.0 or 1 <= self.teacher_layers <= self.layers, "model.teacher_layers",
               f"must be 1 to model.layers ({self.layers})")
         check(0.0 <= self.teacher_decay < 1.0, "model.teacher_decay", "must be in [0, 1)")
         check(0.0 <= self.mix_prob <= 1.0, "model.mix_prob", "must be in [0, 1]")
