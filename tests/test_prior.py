@@ -515,13 +515,18 @@ def test_aux_random_adds_the_masked_frames_random_code_cross_entropy():
             cfg(aux_random=1.0, **bad)
 
 
-def test_an_aux_random_prior_trains_and_says_so(tmp_path, store):
+def _train_frames_prior(tmp_path, store, setting: str):
+    """A tiny frames -> codes prior with one more setting, 20 steps: (its result, its model card)."""
     from musetok.prior.train import PriorRunConfig, train_prior
-    run = load_config(PriorRunConfig, None, TINY_PRIOR + ["model.inputs=frames", "model.aux_random=1.0",
-                                                          "train.steps=20", "model.max_len=32"])
+    run = load_config(PriorRunConfig, None, TINY_PRIOR + ["model.inputs=frames", setting, "train.steps=20",
+                                                          "model.max_len=32"])
     r = train_prior(run, store, tmp_path / "p", progress=False)
+    return r, (tmp_path / "p" / "README.md").read_text()
+
+
+def test_an_aux_random_prior_trains_and_says_so(tmp_path, store):
+    r, card = _train_frames_prior(tmp_path, store, "model.aux_random=1.0")
     assert np.isfinite(r.valid_loss) and r.valid_accuracy > 0
-    card = (tmp_path / "p" / "README.md").read_text()
     assert "| reads -> predicts | frames -> codes + 1 x random-projection codes |" in card
 
 
@@ -575,12 +580,8 @@ def test_aux_teacher_regresses_an_ema_teacher_of_the_clean_window():
 
 
 def test_an_aux_teacher_prior_trains_and_says_so(tmp_path, store):
-    from musetok.prior.train import PriorRunConfig, train_prior
-    run = load_config(PriorRunConfig, None, TINY_PRIOR + ["model.inputs=frames", "model.aux_teacher=1.0",
-                                                          "train.steps=20", "model.max_len=32"])
-    r = train_prior(run, store, tmp_path / "p", progress=False)
+    r, card = _train_frames_prior(tmp_path, store, "model.aux_teacher=1.0")
     assert np.isfinite(r.valid_loss) and r.valid_accuracy > 0
-    card = (tmp_path / "p" / "README.md").read_text()
     assert "| reads -> predicts | frames -> codes + 1 x EMA teacher's top 2 layers (decay 0.996) |" in card
     from musetok.prior.builder import load_prior
     back = load_prior(tmp_path / "p")  # the teacher comes back with the weights it was saved with
