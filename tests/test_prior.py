@@ -7,7 +7,7 @@ import torch
 from musetok.prior.config import PriorConfig
 from musetok.prior.data import Batch
 from musetok.prior.masking import corrupt_codes, corrupt_frames, row_generators, span_mask
-from musetok.prior.model import Prior, apply_rotary, rotary_tables
+from musetok.prior.model import Prior, apply_rotary, attend, rotary_tables
 from musetok.prior.objectives import compute_loss
 from musetok.shared.config import ConfigError, load_config
 from tests.conftest import TINY_PRIOR
@@ -195,6 +195,53 @@ def test_rotary_rotates_pairs_by_position():
     rq, rk = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     assert torch.allclose(rq[3] @ rk[1], rq[12] @ rk[10], atol=1e-5)  # offset 2 at either place
     assert not torch.allclose(rq[3] @ rk[1], rq[3] @ rk[2], atol=1e-3)
+
+
+@pytest.mark.parametrize("case", ["full", "causal", "padding", "queries"])
+def test_cpu_bf16_attention_is_sdpa_written_out(case):
+    """On a CPU in bf16, `attend` (two matmuls and a softmax) gives what the fused kernel gives, forward and
+    backward, with masks, causal order and a subset of queries; in fp32 it is the fused kernel itself."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    t, n = 12, (5 if case == "queries" else 12)
+    q, k, v = (torch.randn(2, 3, m, 8).bfloat16().float().requires_grad_() for m in (n, t, t))
+    mask = None
+    if case in ("padding", "queries"):
+        mask = torch.ones(2, 1, 1, t, dtype=torch.bool)
+        mask[1, ..., 7:] = False
+    causal = case == "causal"
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    assert torch.equal(attend(q, k, v, mask, causal), ref)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attend(q, k, v, mask, causal)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+    for g, want in zip(torch.autograd.grad(out.float().square().sum(), (q, k, v)), ref_grads):
+        torch.testing.assert_close(g, want, atol=6e-2, rtol=6e-2)
+    if causal:  # the future is out of reach: a later key changes nothing before it
+        k2 = k.detach().clone()
+        k2[..., -1, :] += 5
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(attend(q, k2, v, None, True)[..., :-1, :], out[..., :-1, :])
+
+
+def test_a_prior_under_cpu_bf16_autocast_matches_fp32():
+    """The whole prior in bf16 on a CPU (written-out attention, rotary tables in bf16) stays within bf16's
+    rounding of fp32, padding and pruned last block included."""
+    torch.manual_seed(0)
+    for objective in ("mlm", "ar"):
+        model = Prior(cfg(objective=objective)).eval()
+        x = torch.randint(0, 16, (3, 2, 20))
+        valid = torch.ones(3, 20, dtype=torch.bool)
+        valid[2, 14:] = False
+        keep = (torch.rand(3, 20) < 0.3) & valid if objective == "mlm" else None
+        with torch.no_grad():
+            ref = model(x, valid, keep=keep).hidden
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x, valid, keep=keep).hidden
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out.float(), ref, atol=5e-2, rtol=5e-2)
 
 
 def test_attention_dropout_is_its_own_setting():
