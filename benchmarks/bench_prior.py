@@ -9,7 +9,9 @@ autocast; no dropout, fused AdamW for all). Models are timed in interleaved roun
 per second and as a fraction of this machine's fp32 matmul peak measured in the same run. The speed
 against the faster HF model is paired: its step time over the model's in each round, median and range
 over the rounds (a shared machine's speed drifts by 10-20% between runs, which a ratio of two medians
-from different moments does not cancel). `--models` keeps the models whose names contain one of its
+from different moments does not cancel). HF BERT is timed twice, with its default fused attention (`sdpa`) and
+with its attention written out (`eager`, faster on a CPU in bf16 for short windows), and the ratio is taken
+against the fastest HF model. `--models` keeps the models whose names contain one of its
 comma-separated parts (the HF models are always timed). FLOPs per token use nanoGPT's estimate for
 every model: 6 * (transformer-block parameters) + 12 * layers * seq * hidden.
 

@@ -4,9 +4,9 @@ Inputs are either K code streams `(B, K, T)` (the K embeddings of a frame are su
 mel frames `(B, T, F)` through a linear projection; the same blocks serve all four objectives, so the
 discrete and continuous routes are compared on one backbone. Attention is
 `F.scaled_dot_product_attention` (flash / memory-efficient kernels on a GPU, the fused kernel on a CPU in
-fp32), except on a CPU in bf16, where `attend` writes it out as two matmuls and a softmax: there the fused
-kernel is about 4x slower at the `small` sizes. `causal` comes from the objective. Discrete outputs are
-weight-tied to the code embeddings, one head per codebook.
+fp32), except on a CPU in bf16 for windows of up to 256 frames, where `attend` writes it out as two matmuls and
+a softmax: with the fused kernel there, the `small` recipe's training step is about 1.4x slower. `causal` comes
+from the objective. Discrete outputs are weight-tied to the code embeddings, one head per codebook.
 """
 
 from __future__ import annotations
@@ -48,17 +48,21 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + torch.cat([x2, x1], dim=-1) * sin
 
 
+WRITTEN_OUT_MAX = 256  # the longest window `attend` writes out on a CPU in bf16
+
+
 def attend(q, k, v, attn_mask=None, causal=False, dropout_p=0.0):
     """`F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal=causal and attn_mask is None, dropout_p)`,
     q `(B, H, N, hd)`, k and v `(B, H, T, hd)`, attn_mask bool, broadcastable to `(B, H, N, T)`.
 
-    On a CPU in bf16 (autocast, or bf16 tensors) it is computed as `softmax(q k^T / sqrt(hd)) v`. PyTorch's fused
-    CPU kernel is fast in fp32 but slow in bf16 for short windows. Measured on 2 cores with AMX at the `small`
-    sizes (16 x 4 heads x 128 frames x 48), forward + backward took 10.4 ms fused against 2.3 ms written out;
-    at 8 x 4 x 512 x 64 it was 22.0 against 19.2 ms. Elsewhere the fused kernels run.
+    On a CPU in bf16 (autocast, or bf16 tensors), for windows of up to `WRITTEN_OUT_MAX` frames, it is computed as
+    `softmax(q k^T / sqrt(hd)) v`: PyTorch's fused CPU kernel is fast in fp32 but slow in bf16 for short windows.
+    A whole training step of the `small` recipe (batch 16 x 128 frames, width 192) took 60 ms instead of 83
+    written out (2 cores with AMX); at 8 x 256 it was level, at 8 x 512 (width 256) 239 instead of 168, so longer
+    windows keep the fused kernel. Elsewhere the fused kernels run.
     """
     low = torch.is_autocast_enabled("cpu") or v.dtype in (torch.bfloat16, torch.float16)
-    if q.device.type != "cpu" or not low:
+    if q.device.type != "cpu" or not low or k.shape[-2] > WRITTEN_OUT_MAX:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal and attn_mask is None,
                                               dropout_p=dropout_p)
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else v.dtype

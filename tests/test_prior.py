@@ -7,7 +7,7 @@ import torch
 from musetok.prior.config import PriorConfig
 from musetok.prior.data import Batch
 from musetok.prior.masking import corrupt_codes, corrupt_frames, row_generators, span_mask
-from musetok.prior.model import Prior, apply_rotary, attend, rotary_tables
+from musetok.prior.model import WRITTEN_OUT_MAX, Prior, apply_rotary, attend, rotary_tables
 from musetok.prior.objectives import compute_loss
 from musetok.shared.config import ConfigError, load_config
 from tests.conftest import TINY_PRIOR
@@ -224,6 +224,15 @@ def test_cpu_bf16_attention_is_sdpa_written_out(case):
         k2[..., -1, :] += 5
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert torch.equal(attend(q, k2, v, None, True)[..., :-1, :], out[..., :-1, :])
+
+
+def test_long_windows_keep_the_fused_kernel_in_bf16():
+    """Past `WRITTEN_OUT_MAX` frames the fused kernel is the faster one in bf16 too, so `attend` is that kernel."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, WRITTEN_OUT_MAX + 1, 8) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(attend(q, k, v, None, True), F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
 
 def test_a_prior_under_cpu_bf16_autocast_matches_fp32():
