@@ -177,6 +177,19 @@ def test_the_recommended_prior_is_what_the_small_config_ships():
         assert str(getattr(shipped, key)).lower() == value.lower(), key
 
 
+def test_every_prior_preset_is_a_valid_small_run_with_a_row_of_its_own():
+    """Each `--priors` name loads as a run config (a preset with settings the config refuses, e.g. heads that do not
+    divide the width, would only fail once its training starts), and no two presets share a table row."""
+    from musetok.evaluation.bench_repr import PRIORS
+    from musetok.prior.train import PriorRunConfig
+    from musetok.shared.config import load_config
+    for name, (settings, _) in PRIORS.items():
+        run = load_config(PriorRunConfig, "small", settings, kind="prior")
+        assert run.model.dim % run.model.heads == 0, name
+    rows = [row for _, row in PRIORS.values()]
+    assert len(set(rows)) == len(rows)
+
+
 def test_a_model_trained_with_other_settings_is_refused_not_reused(bench, tmp_path, capsys):
     """Rerunning into the same folder reuses models trained with the same settings; one trained with other
     settings (an older demo, another --set) stops the run with a one-line error instead of being reused."""
