@@ -102,21 +102,18 @@ def make_runners(args):
         print("transformers not installed (pip install -e '.[bench]'): skipping the Hugging Face models")
         return runners
     ids = codes[:, 0]
-    bert = BertForMaskedLM(BertConfig(vocab_size=v + 1, hidden_size=d, num_hidden_layers=l, num_attention_heads=h,
-                                      intermediate_size=4 * d, max_position_embeddings=t, hidden_dropout_prob=0.0,
-                                      attention_probs_dropout_prob=0.0, attn_implementation="sdpa"))
+    def bert(attention: str):
+        return BertForMaskedLM(BertConfig(vocab_size=v + 1, hidden_size=d, num_hidden_layers=l, num_attention_heads=h,
+                                          intermediate_size=4 * d, max_position_embeddings=t, hidden_dropout_prob=0.0,
+                                          attention_probs_dropout_prob=0.0, attn_implementation=attention))
     labels = ids.clone()
     labels[torch.rand(ids.shape) > 0.3] = -100
-    # HF's own attention written out ("eager"): on a CPU in bf16 it beats the fused kernel at short windows, as
-    # musetok's `attend` does, so the ratio is taken against whichever HF model is fastest
-    bert_eager = BertForMaskedLM(BertConfig(vocab_size=v + 1, hidden_size=d, num_hidden_layers=l, num_attention_heads=h,
-                                            intermediate_size=4 * d, max_position_embeddings=t,
-                                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                                            attn_implementation="eager"))
     gpt = GPT2LMHeadModel(GPT2Config(vocab_size=v, n_embd=d, n_layer=l, n_head=h, n_positions=t, resid_pdrop=0.0,
                                      embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa"))
-    for name, model, kw, prefix in (("HF BertForMaskedLM", bert, {"labels": labels}, "encoder.layer."),
-                                    ("HF BertForMaskedLM (eager attention)", bert_eager, {"labels": labels},
+    # HF's attention written out ("eager") too: on a CPU in bf16 it beats the fused kernel at short windows, as
+    # musetok's `attend` does, so the ratio is taken against whichever HF model is fastest
+    for name, model, kw, prefix in (("HF BertForMaskedLM", bert("sdpa"), {"labels": labels}, "encoder.layer."),
+                                    ("HF BertForMaskedLM (eager attention)", bert("eager"), {"labels": labels},
                                      "encoder.layer."),
                                     ("HF GPT2LMHeadModel", gpt, {"labels": ids}, "transformer.h.")):
         model.train()
