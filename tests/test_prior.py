@@ -7,7 +7,7 @@ import torch
 from musetok.prior.config import PriorConfig
 from musetok.prior.data import Batch
 from musetok.prior.masking import corrupt_codes, corrupt_frames, row_generators, span_mask
-from musetok.prior.model import WRITTEN_OUT_MAX, Prior, apply_rotary, attend, rotary_tables
+from musetok.prior.model import WRITTEN_OUT_MAX, Prior, apply_rotary, attend, rotary_matrices, rotary_tables
 from musetok.prior.objectives import compute_loss
 from musetok.shared.config import ConfigError, load_config
 from tests.conftest import TINY_PRIOR
@@ -196,6 +196,28 @@ def test_rotary_rotates_pairs_by_position():
     assert torch.allclose(rq[3] @ rk[1], rq[12] @ rk[10], atol=1e-5)  # offset 2 at either place
     assert not torch.allclose(rq[3] @ rk[1], rq[3] @ rk[2], atol=1e-3)
 
+
+
+def test_rotary_matrices_are_the_same_rotation():
+    """`x @ rotary_matrices(cos, sin)[t]` is `apply_rotary` at every position, and an attention layer gives the same
+    output and gradients whichever of the two rotates its queries and keys (all queries, or a subset)."""
+    torch.manual_seed(0)
+    cos, sin = rotary_tables(16, 8, 100.0)
+    x = torch.randn(3, 16, 8)
+    rot = rotary_matrices(cos, sin)
+    assert torch.allclose(torch.einsum("btd,tde->bte", x, rot), apply_rotary(x, cos, sin), atol=1e-6)
+    model = Prior(cfg(objective="mlm", max_len=16))
+    attn = model.blocks[0].attn
+    cos, sin = model.rope_cos, model.rope_sin
+    h = torch.randn(2, 16, 32, requires_grad=True)
+    q_index = torch.tensor([[1, 5, 9], [0, 2, 15]])
+    for index in (None, q_index):
+        ref = attn(h, cos, sin, None, False, index)
+        out = attn(h, cos, sin, None, False, index, rotary_matrices(cos, sin))
+        torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+        g_ref, = torch.autograd.grad(ref.square().sum(), h)
+        g_out, = torch.autograd.grad(out.square().sum(), h)
+        torch.testing.assert_close(g_out, g_ref, atol=1e-6, rtol=1e-5)
 
 @pytest.mark.parametrize("case", ["full", "causal", "padding", "queries"])
 def test_cpu_bf16_attention_is_sdpa_written_out(case):
