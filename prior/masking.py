@@ -48,15 +48,15 @@ def corrupt_codes(codes: torch.Tensor, mask: torch.Tensor, mask_id: int, vocab: 
 
     codes `(B, K, T)`; mask `(B, T)`; the choice is per frame (all K codebooks of a frame together).
     """
-    out = codes.clone()
     k, t = codes.shape[1:]
-    for i, g in enumerate(gens):
-        r = torch.rand(t, generator=g)
-        rand_codes = torch.randint(0, vocab, (k, t), generator=g)
-        to_mask, to_rand = mask[i] & (r < 0.8), mask[i] & (r >= 0.8) & (r < 0.9)
-        out[i][:, to_mask] = mask_id
-        out[i][:, to_rand] = rand_codes[:, to_rand]
-    return out
+    r, rand_codes = [], []
+    for g in gens:  # each row's draws from its own generator, in this order
+        r.append(torch.rand(t, generator=g))
+        rand_codes.append(torch.randint(0, vocab, (k, t), generator=g))
+    r = torch.stack(r)[:, None]  # (B, 1, T)
+    m = mask[:, None]
+    out = torch.where(m & (r >= 0.8) & (r < 0.9), torch.stack(rand_codes), codes)
+    return out.masked_fill(m & (r < 0.8), mask_id)
 
 
 def corrupt_frames(frames: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, gens: list[torch.Generator],
@@ -70,17 +70,18 @@ def corrupt_frames(frames: torch.Tensor, mask: torch.Tensor, lengths: torch.Tens
 
     frames `(B, T, F)` normalised; mask `(B, T)`.
     """
-    out = frames.clone()
     t = frames.shape[1]
     if fill == "noise":
-        for i, g in enumerate(gens):
-            noise = torch.randn(t, frames.shape[2], generator=g, dtype=frames.dtype)
-            out[i][mask[i]] = noise[mask[i]]
-        return out
-    for i, g in enumerate(gens):
-        r = torch.rand(t, generator=g)
-        src = torch.randint(0, max(1, int(lengths[i])), (t,), generator=g)
-        to_zero, to_rand = mask[i] & (r < 0.8), mask[i] & (r >= 0.8) & (r < 0.9)
-        out[i][to_zero] = 0.0
-        out[i][to_rand] = frames[i][src[to_rand]]
+        noise = torch.stack([torch.randn(t, frames.shape[2], generator=g, dtype=frames.dtype) for g in gens])
+        return torch.where(mask[..., None], noise, frames)
+    r, src = [], []
+    for n, g in zip(lengths.tolist(), gens):  # each row's draws from its own generator, in this order
+        r.append(torch.rand(t, generator=g))
+        src.append(torch.randint(0, max(1, n), (t,), generator=g))
+    r, src = torch.stack(r), torch.stack(src)
+    # the few replaced frames by index (the loop over rows this replaces took 3x as long)
+    out = frames.clone()
+    rows, pos = (mask & (r >= 0.8) & (r < 0.9)).nonzero(as_tuple=True)
+    out[rows, pos] = frames[rows, src[rows, pos]]
+    out[mask & (r < 0.8)] = 0.0
     return out

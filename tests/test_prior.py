@@ -332,6 +332,32 @@ def test_bert_corruption_80_10_10():
     assert abs(p_same - 0.1 - 0.1 / 100) < 0.02  # kept, plus random codes that happen to match
 
 
+
+def test_bert_frame_corruption_80_10_10_within_the_row():
+    """TERA's fill: of the masked frames 80% become zeros, 10% a frame drawn from the same row's valid frames,
+    10% stay; unmasked frames and padding are untouched, and a row is corrupted alike alone or in a batch."""
+    torch.manual_seed(0)
+    b, t = 48, 200
+    lengths = torch.randint(100, t + 1, (b,))
+    frames = torch.arange(b * t, dtype=torch.float32).view(b, t, 1).expand(b, t, 3) + 1.0  # every frame unique
+    frames = frames * (torch.arange(t)[None, :, None] < lengths[:, None, None])
+    mask = span_mask(lengths, t, 0.5, 5, row_generators(torch.arange(b)))
+    out = corrupt_frames(frames, mask, lengths, row_generators(torch.arange(b)))
+    assert torch.equal(out[~mask], frames[~mask])
+    got, was = out[mask][:, 0], frames[mask][:, 0]
+    zero, same = got == 0, got == was
+    row_of = (got - 1).div(t, rounding_mode="floor")  # which row a copied frame came from
+    pos_of = (got - 1) % t
+    moved = ~zero & ~same
+    rows = mask.nonzero()[:, 0]
+    assert torch.equal(row_of[moved], rows[moved].float())  # from its own row
+    assert bool((pos_of[moved] < lengths[rows[moved]]).all())  # from its valid frames
+    assert abs(zero.float().mean().item() - 0.8) < 0.02
+    assert abs(moved.float().mean().item() - 0.1) < 0.02
+    one = corrupt_frames(frames[5:6], mask[5:6], lengths[5:6], row_generators(torch.tensor([5])))
+    assert torch.equal(one, out[5:6])
+
+
 def test_mlm_loss_only_on_masked_positions():
     """Code 15 sits only at unmasked frames. If those frames were in the loss, code 15's output bias
     would get a negative gradient (its one-hot target); on masked frames only, it gets only softmax mass."""
