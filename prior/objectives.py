@@ -14,6 +14,8 @@ it predicts are `cfg.input_kind` / `cfg.target_kind` (see `prior/config.py`):
   masked frames; this asks every position to keep its own);
 - `aux_teacher` > 0 adds the mean squared error of a head's prediction against an EMA teacher's targets at the
   masked frames (data2vec / M2D: the mean of the teacher's normalised top layers over the clean window);
+- `aux_decorr` > 0 adds VICReg's covariance term on one layer's states at the visible frames (`decorrelation`):
+  its channels, standardised, kept decorrelated;
 - `aux_chroma` > 0 adds the KL divergence of the predicted from the true chroma of the masked frames
   (MERT's chroma target; `prior.data.Chroma`), to either masked loss;
 - `mix_prob` > 0 (masked priors reading frames): the prior reads `batch.frames_in`, windows with another
@@ -68,7 +70,7 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
         mask = mask.to(lengths.device)
         # `aux_visible` scores the unmasked frames too, so the last block runs everywhere
         o = model(join_input(cfg, c_in, f_in), valid, keep=None if cfg.aux_visible > 0 else mask,
-                  output_hidden_states=cfg.aux_frames_layer > 0)
+                  output_hidden_states=cfg.aux_frames_layer > 0 or cfg.aux_decorr > 0)
         h = o.hidden[mask] if cfg.aux_visible > 0 else o.hidden  # (N, D): the masked frames' states
         # `aux_frames_layer`: the frames from a lower block's output (its own LayerNorm), the codes from the last
         h_frames = unwrap(model).aux_norm(o.hidden_states[cfg.aux_frames_layer][mask]) if cfg.aux_frames_layer else h
@@ -96,6 +98,8 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
             clean = join_input(cfg, codes if cfg.reads_codes else None, frames if cfg.reads_frames else None)
             target = m.teacher_targets(clean, valid)[mask]
             out.loss = out.loss + cfg.aux_teacher * F.mse_loss(m.teacher_head(h).float(), target)
+        if cfg.aux_decorr > 0:  # VICReg: one layer's channels decorrelated, at the frames the prior heard
+            out.loss = out.loss + cfg.aux_decorr * decorrelation(o.hidden_states[cfg.aux_decorr_layer][valid & ~mask])
         if cfg.aux_chroma > 0:  # MERT's other musical target: pitch classes, octave- and loudness-free
             logp = F.log_softmax(unwrap(model).chroma_logits(h).float(), -1)  # (N, S, 12)
             out.loss = out.loss + cfg.aux_chroma * F.kl_div(logp.flatten(0, 1), batch.chroma[mask].flatten(0, 1),
@@ -117,6 +121,15 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
     if cfg.predicts_codes:
         return _code_loss(model, h, target[valid])
     return LossOutput(F.l1_loss(unwrap(model).frame_prediction(h), target[valid]), int(valid.sum()))
+
+
+def decorrelation(h: torch.Tensor) -> torch.Tensor:
+    """VICReg's covariance term on standardised states: h `(N, D)` -> the sum of the squared off-diagonal entries of
+    the channels' correlation matrix, over D. 0 for uncorrelated channels, D - 1 when all are one."""
+    z = h.float()
+    z = (z - z.mean(0)) / (z.std(0) + 1e-4)
+    c = z.T @ z / max(len(z) - 1, 1)
+    return (c.square().sum() - c.diagonal().square().sum()) / z.shape[1]
 
 
 def _code_loss(model: Prior, h: torch.Tensor, target: torch.Tensor) -> LossOutput:

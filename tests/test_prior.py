@@ -8,7 +8,7 @@ from musetok.prior.config import PriorConfig
 from musetok.prior.data import Batch
 from musetok.prior.masking import corrupt_codes, corrupt_frames, row_generators, span_mask
 from musetok.prior.model import WRITTEN_OUT_MAX, Prior, apply_rotary, attend, rotary_matrices, rotary_tables
-from musetok.prior.objectives import compute_loss
+from musetok.prior.objectives import compute_loss, decorrelation
 from musetok.shared.config import ConfigError, load_config
 from tests.conftest import TINY_PRIOR
 
@@ -593,6 +593,59 @@ def test_aux_visible_adds_the_unmasked_frames_l1():
             cfg(inputs="frames", aux_visible=1.0, **bad)
     cfg(objective="masked_frames", aux_visible=1.0)  # the control may take it too
 
+
+
+def test_decorrelation_is_vicregs_covariance_term_on_standardised_channels():
+    """0 for independent channels, D - 1 when every channel is one, whatever each channel's scale and offset."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20000, 8, generator=g)
+    assert decorrelation(x).item() < 0.01
+    same = x[:, :1] * torch.arange(1.0, 9.0) + torch.arange(8.0)  # one channel, scaled and shifted
+    assert abs(decorrelation(same).item() - 7.0) < 0.01
+    half = torch.cat([x[:, :4], x[:, :4] * 3.0], 1)  # 4 pairs of identical channels: 8 off-diagonal ones / 8
+    assert abs(decorrelation(half).item() - 1.0) < 0.01
+
+
+def test_aux_decorr_adds_the_layer_decorrelation_at_the_visible_frames_and_trains_it_down():
+    """`aux_decorr`: the loss adds w x `decorrelation` of the chosen layer's states at the valid unmasked frames;
+    trained with it, the input layer of a prior reading correlated frames ends up far less correlated."""
+    torch.manual_seed(0)
+    m = Prior(cfg(inputs="frames", aux_frames=1.0, aux_decorr=0.5, aux_decorr_layer=1))
+    codes, frames = torch.randint(0, 16, (2, 2, 20)), torch.randn(2, 20, 12)
+    batch = Batch(codes, frames, torch.tensor([20, 13]), torch.arange(2))
+    with_aux = compute_loss(m, batch).loss
+    m.cfg.aux_decorr = 0.0
+    without = compute_loss(m, batch).loss.detach()
+    gens = row_generators(batch.seeds)  # the masking draws, in compute_loss's order
+    mask = span_mask(batch.lengths, 20, m.cfg.mask_rate, m.cfg.mask_span, gens)
+    valid = torch.arange(20)[None] < batch.lengths[:, None]
+    states = m(corrupt_frames(frames, mask, batch.lengths, gens), valid, output_hidden_states=True).hidden_states
+    assert torch.allclose(with_aux - without, 0.5 * decorrelation(states[1][valid & ~mask]), atol=1e-5)
+
+    def input_layer_correlation(weight: float) -> float:
+        torch.manual_seed(0)
+        model = Prior(cfg(inputs="frames", aux_frames=1.0, aux_decorr=weight, layers=1, max_len=32, frame_dim=16))
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(1)
+        mix = torch.randn(4, 16, generator=g)  # 16 bands driven by 4 sources: strongly correlated frames
+
+        def correlated(n):
+            return (torch.randn(n, 32, 4, generator=g) @ mix + 0.3 * torch.randn(n, 32, 16, generator=g))
+        for step in range(60):
+            frames = correlated(16)
+            codes = frames.argmax(-1)[:, None].expand(16, 2, 32).contiguous()
+            o = compute_loss(model, Batch(codes, frames, torch.full((16,), 32), torch.arange(16) + 16 * step))
+            opt.zero_grad()
+            o.loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return decorrelation(model.embed_inputs(correlated(64)).flatten(0, 1)).item()
+    plain, decorrelated = input_layer_correlation(0.0), input_layer_correlation(1.0)
+    assert decorrelated < 0.5 * plain, (decorrelated, plain)
+    for bad in (dict(objective="ar", inputs="codes"), dict(aux_decorr_layer=2)):
+        with pytest.raises(ConfigError, match="aux_decorr"):
+            cfg(aux_decorr=1.0, **bad)
+    cfg(objective="masked_frames", aux_decorr=1.0)  # the control may take it too
 
 def test_aux_random_adds_the_masked_frames_random_code_cross_entropy():
     """`aux_random`: the tokenizer's code loss plus w x cross-entropy of the random head against BEST-RQ's codes
