@@ -73,13 +73,13 @@ class PriorConfig:
     # (each normalised over time per channel) at the masked frames is regressed by a head of its own
     aux_teacher: float = 0.0
     teacher_layers: int = 2         # aux_teacher: how many of the teacher's top layers its targets average
+    teacher_decay: float = 0.996    # aux_teacher: the teacher's EMA decay per training forward
     # masked priors: + this weight x VICReg's covariance term on the states of layer `aux_decorr_layer` (0 = the input
-    # layer, 1 to layers - 1 = that block's output) at the visible frames, standardised per channel: the mean square
-    # correlation between channels, x dim. Probed after whitening, the prior's real-music pitch rose from 0.72 to 0.81
-    # while a standard probe reads the channels as they are: this asks the layer to keep its channels decorrelated
+    # layer, 1 to layers - 1 = that block's output) at the visible frames, each channel standardised: the squared
+    # correlations between channels summed, over dim. Probed after whitening, the prior's real-music pitch rose from
+    # 0.72 to 0.81 while a standard probe reads the channels as they are: this asks the layer for decorrelated channels
     aux_decorr: float = 0.0
     aux_decorr_layer: int = 0
-    teacher_decay: float = 0.996    # aux_teacher: the teacher's EMA decay per training forward
     mix_prob: float = 0.0           # masked priors reading frames: chance a training window's input gets a stretch
     mix_db: float = 5.0             #   of another mixed in, at +-mix_db dB (WavLM / MERT); its targets stay clean
     rpq_codebooks: int = 1          # targets=random: BEST-RQ's frozen random-projection quantisers

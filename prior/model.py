@@ -112,9 +112,9 @@ class Attention(nn.Module):
         hd = d // self.heads
         dropout = self.dropout if self.training else 0.0
         if q_index is None:
-            # unbind, not slices: its backward stacks the three gradients, where slices' fill zeros and add
             qkv = self.qkv(x).view(b, t, 3, self.heads, hd)
             if rot is None:
+                # unbind, not slices: its backward stacks the three gradients, where slices' fill zeros and add
                 q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, T, hd)
                 q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
             else:
