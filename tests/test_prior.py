@@ -19,6 +19,14 @@ def cfg(**kw) -> PriorConfig:
     return PriorConfig(**base)
 
 
+def heard(m: Prior, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """What `compute_loss` feeds a masked prior reading frames: its corrupted frames `(B, T, F)` and the mask
+    `(B, T)`, from the same per-row draws in the same order."""
+    gens = row_generators(batch.seeds)
+    mask = span_mask(batch.lengths, batch.length, m.cfg.mask_rate, m.cfg.mask_span, gens)
+    return corrupt_frames(batch.frames, mask, batch.lengths, gens, m.cfg.mask_fill), mask
+
+
 def test_span_mask_policy():
     lengths = torch.tensor([400, 250, 37, 0])
     m = span_mask(lengths, 400, rate=0.3, span=5, gens=row_generators(torch.arange(4)))
@@ -537,9 +545,7 @@ def test_aux_frames_adds_the_masked_frame_l1():
     m.cfg.aux_frames = 0.0
     without = compute_loss(m, batch).loss.detach()
     assert out.cross_entropy == pytest.approx(without.item(), abs=1e-5)  # what the perplexity is taken from
-    gens = row_generators(batch.seeds)  # the masking draws, in compute_loss's order
-    mask = span_mask(batch.lengths, 20, m.cfg.mask_rate, m.cfg.mask_span, gens)
-    f_in = corrupt_frames(frames, mask, batch.lengths, gens)
+    f_in, mask = heard(m, batch)
     h = m(f_in, keep=mask).hidden
     l1 = torch.nn.functional.l1_loss(m.frame_prediction(h), frames[mask])
     assert torch.allclose(with_aux - without, 0.5 * l1, atol=1e-5)
@@ -555,9 +561,8 @@ def test_aux_frames_layer_predicts_the_frames_from_a_lower_block():
     codes, frames = torch.randint(0, 16, (2, 2, 20)), torch.randn(2, 20, 12)
     batch = Batch(codes, frames, torch.full((2,), 20), torch.arange(2))
     loss = compute_loss(m, batch).loss
-    gens = row_generators(batch.seeds)  # the masking draws, in compute_loss's order
-    mask = span_mask(batch.lengths, 20, m.cfg.mask_rate, m.cfg.mask_span, gens)
-    o = m(corrupt_frames(frames, mask, batch.lengths, gens), keep=mask, output_hidden_states=True)
+    f_in, mask = heard(m, batch)
+    o = m(f_in, keep=mask, output_hidden_states=True)
     logits = m.code_logits(o.hidden)
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), codes.permute(0, 2, 1)[mask].flatten())
     l1 = torch.nn.functional.l1_loss(m.frame_prediction(m.aux_norm(o.hidden_states[1][mask])), frames[mask])
@@ -580,10 +585,9 @@ def test_aux_visible_adds_the_unmasked_frames_l1():
     with_aux = compute_loss(m, batch).loss
     m.cfg.aux_visible = 0.0
     without = compute_loss(m, batch).loss.detach()
-    gens = row_generators(batch.seeds)  # the masking draws, in compute_loss's order
-    mask = span_mask(batch.lengths, 20, m.cfg.mask_rate, m.cfg.mask_span, gens)
+    f_in, mask = heard(m, batch)
     valid = torch.arange(20)[None] < batch.lengths[:, None]
-    h = m(corrupt_frames(frames, mask, batch.lengths, gens), valid).hidden
+    h = m(f_in, valid).hidden
     seen = valid & ~mask
     assert 0 < int(seen.sum()) < int(valid.sum())
     l1 = torch.nn.functional.l1_loss(m.frame_prediction(h[seen]), frames[seen])
@@ -616,10 +620,9 @@ def test_aux_decorr_adds_the_layer_decorrelation_at_the_visible_frames_and_train
     with_aux = compute_loss(m, batch).loss
     m.cfg.aux_decorr = 0.0
     without = compute_loss(m, batch).loss.detach()
-    gens = row_generators(batch.seeds)  # the masking draws, in compute_loss's order
-    mask = span_mask(batch.lengths, 20, m.cfg.mask_rate, m.cfg.mask_span, gens)
+    f_in, mask = heard(m, batch)
     valid = torch.arange(20)[None] < batch.lengths[:, None]
-    states = m(corrupt_frames(frames, mask, batch.lengths, gens), valid, output_hidden_states=True).hidden_states
+    states = m(f_in, valid, output_hidden_states=True).hidden_states
     assert torch.allclose(with_aux - without, 0.5 * decorrelation(states[1][valid & ~mask]), atol=1e-5)
 
     def input_layer_correlation(weight: float) -> float:
@@ -658,9 +661,8 @@ def test_aux_random_adds_the_masked_frames_random_code_cross_entropy():
     with_aux = compute_loss(m, batch).loss
     m.cfg.aux_random = 0.0
     without = compute_loss(m, batch).loss.detach()
-    gens = row_generators(batch.seeds)  # the masking draws, in compute_loss's order
-    mask = span_mask(batch.lengths, 20, m.cfg.mask_rate, m.cfg.mask_span, gens)
-    h = m(corrupt_frames(frames, mask, batch.lengths, gens), keep=mask).hidden
+    f_in, mask = heard(m, batch)
+    h = m(f_in, keep=mask).hidden
     target = Prior(cfg(inputs="frames", targets="random", rpq_size=8)).random_codes(frames[mask])  # same seed
     ce = torch.nn.functional.cross_entropy(m.random_logits(h).flatten(0, 1), target.flatten())
     assert torch.allclose(with_aux - without, 0.5 * ce, atol=1e-5)
@@ -704,11 +706,10 @@ def test_aux_teacher_regresses_an_ema_teacher_of_the_clean_window():
         m.cfg.aux_teacher = 0.0
         without = compute_loss(m, batch).loss
         m.cfg.aux_teacher = 0.5
-    gens = row_generators(batch.seeds)  # the masking draws, in compute_loss's order
-    mask = span_mask(batch.lengths, 20, m.cfg.mask_rate, m.cfg.mask_span, gens)
+    f_in, mask = heard(m, batch)
     valid = torch.arange(20)[None] < batch.lengths[:, None]
     with torch.no_grad():
-        h = m(corrupt_frames(frames, mask, batch.lengths, gens), valid, keep=mask).hidden
+        h = m(f_in, valid, keep=mask).hidden
         states = m.teacher(frames, valid, output_hidden_states=True).hidden_states[-2:]
     targets = []
     for s in states:  # by hand, row by row over its valid frames
