@@ -77,6 +77,7 @@ def make_runners(args):
             ("mlm frames->codes+frames", "mlm", "frames", "codes", 1.0, 0.0, 0),
             ("mlm frames->codes+frames, conv front-end 32 ch", "mlm", "frames", "codes", 1.0, 0.0, 32),
             ("mlm frames->codes+frames, conv front-end 16 ch", "mlm", "frames", "codes", 1.0, 0.0, 16),
+            ("mlm frames->codes+frames, conv front-end 8 ch", "mlm", "frames", "codes", 1.0, 0.0, 8),
             ("mlm frames->codes+frames+chroma", "mlm", "frames", "codes", 1.0, 1.0, 0),
             ("mlm frames->random", "mlm", "frames", "random", 0.0, 0.0, 0)):
         cfg = PriorConfig(objective=objective, inputs=inputs, targets=targets, aux_frames=aux, aux_chroma=aux_chroma,

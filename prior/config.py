@@ -80,6 +80,14 @@ class PriorConfig:
     # 0.72 to 0.81 while a standard probe reads the channels as they are: this asks the layer for decorrelated channels
     aux_decorr: float = 0.0
     aux_decorr_layer: int = 0
+    # masked priors reading frames alone, with a frame head on the last block: + this weight x L1 of hidden bands.
+    # At about `band_mask_rate` of the positions left unmasked, `band_mask_width` adjacent bands (the same ones in
+    # each stacked frame) are read as zeros (each band's mean) and predicted by the frame head: masking across the
+    # bands as well as across time (Audio-MAE / MSM-MAE's patches). A masked span is filled from its neighbours in
+    # time; hidden bands only from the rest of the spectrum, by its harmonics: that asks for pitch
+    aux_bands: float = 0.0
+    band_mask_rate: float = 0.3
+    band_mask_width: int = 12       # bands hidden at once: an octave of the semitone front-end
     mix_prob: float = 0.0           # masked priors reading frames: chance a training window's input gets a stretch
     mix_db: float = 5.0             #   of another mixed in, at +-mix_db dB (WavLM / MERT); its targets stay clean
     rpq_codebooks: int = 1          # targets=random: BEST-RQ's frozen random-projection quantisers
@@ -136,6 +144,16 @@ class PriorConfig:
               "is an extra term for masked priors (objective mlm or masked_frames)")
         check(0 <= self.aux_decorr_layer < self.layers, "model.aux_decorr_layer",
               f"must be 0 (the input layer) or a block below the last, 1 to {self.layers - 1}")
+        check(self.aux_bands >= 0.0, "model.aux_bands", "must be >= 0")
+        check(self.aux_bands == 0.0 or (not self.causal and self.input_kind == "frames"
+                                        and (self.target_kind == "frames" or self.aux_frames > 0)
+                                        and self.aux_frames_layer == 0), "model.aux_bands",
+              "hides bands of the frames a masked prior reads and scores them with its frame head (model.inputs "
+              "frames; objective masked_frames, or mlm with model.aux_frames > 0 on the last block)")
+        check(0.0 < self.band_mask_rate <= 1.0, "model.band_mask_rate", "must be in (0, 1]")
+        check(self.band_mask_width >= 1, "model.band_mask_width", "must be >= 1")
+        check(self.aux_bands == 0.0 or self.frame_bands == 0 or self.band_mask_width <= self.frame_bands,
+              "model.band_mask_width", f"must be at most the frames' bands ({self.frame_bands})")
         check(0.0 <= self.mix_prob <= 1.0, "model.mix_prob", "must be in [0, 1]")
         check(self.mix_db >= 0.0, "model.mix_db", "must be >= 0")
         check(self.mask_fill == "bert" or (self.reads_frames and not self.causal), "model.mask_fill",

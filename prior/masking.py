@@ -1,4 +1,4 @@
-"""Span masking (Mockingjay/TERA/HuBERT style) and BERT's 80/10/10 corruption.
+"""Span masking (Mockingjay/TERA/HuBERT style), BERT's 80/10/10 corruption and band masking.
 
 Randomness is per sequence: each row has its own seed (from the batch sampler), so a row is masked
 the same way whichever batch, process or rank it lands in; N data-parallel ranks then train exactly
@@ -85,3 +85,22 @@ def corrupt_frames(frames: torch.Tensor, mask: torch.Tensor, lengths: torch.Tens
     out[rows, pos] = frames[rows, src[rows, pos]]
     out[mask & (r < 0.8)] = 0.0
     return out
+
+
+def band_mask(masked: torch.Tensor, lengths: torch.Tensor, bands: int, rate: float, width: int,
+              gens: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bands hidden at frames left unmasked (`model.aux_bands`): at about `rate` of each row's valid frames outside
+    `masked`, `width` adjacent bands from a start drawn uniformly.
+
+    masked `(B, T)`; each row draws after its other draws. Returns `(B, T)` bool, the frames with hidden bands,
+    and `(B, T, bands)` bool, the hidden bands (all False elsewhere).
+    """
+    t = masked.shape[1]
+    r, start = [], []
+    for g in gens:  # each row's draws from its own generator, in this order
+        r.append(torch.rand(t, generator=g))
+        start.append(torch.randint(0, bands - width + 1, (t,), generator=g))
+    at = (torch.stack(r) < rate) & (torch.arange(t)[None] < lengths[:, None]) & ~masked
+    j = torch.arange(bands)
+    s = torch.stack(start)[..., None]
+    return at, at[..., None] & (j >= s) & (j < s + width)

@@ -278,6 +278,9 @@ class Prior(nn.Module):
             if cfg.chroma_dim < 12:
                 raise ValueError("PriorConfig.chroma_dim must be set (from a semitone token store's frames)")
             self.chroma_head = nn.Linear(cfg.dim, cfg.chroma_dim)
+        if cfg.aux_bands > 0 and (cfg.frame_bands < 1 or cfg.frame_dim % cfg.frame_bands):
+            raise ValueError("PriorConfig.frame_bands must be set (from the token store's frames) and divide "
+                             f"frame_dim ({cfg.frame_dim}) to hide bands")
         if cfg.aux_teacher > 0:  # regresses the teacher's targets (its own head)
             self.teacher_head = nn.Linear(cfg.dim, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))

@@ -16,6 +16,8 @@ it predicts are `cfg.input_kind` / `cfg.target_kind` (see `prior/config.py`):
   masked frames (data2vec / M2D: the mean of the teacher's normalised top layers over the clean window);
 - `aux_decorr` > 0 adds VICReg's covariance term on one layer's states at the visible frames (`decorrelation`):
   its channels, standardised, kept decorrelated;
+- `aux_bands` > 0 hides a stretch of bands at some of the frames left unmasked and adds L1 on them, from the frame
+  head (masking across the bands as well as across time);
 - `aux_chroma` > 0 adds the KL divergence of the predicted from the true chroma of the masked frames
   (MERT's chroma target; `prior.data.Chroma`), to either masked loss;
 - `mix_prob` > 0 (masked priors reading frames): the prior reads `batch.frames_in`, windows with another
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from musetok.prior.data import Batch
-from musetok.prior.masking import corrupt_codes, corrupt_frames, row_generators, span_mask
+from musetok.prior.masking import band_mask, corrupt_codes, corrupt_frames, row_generators, span_mask
 from musetok.prior.model import Prior, join_input
 from musetok.shared.io import unwrap
 
@@ -67,11 +69,20 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
         heard = frames if batch.frames_in is None else batch.frames_in  # `mix_prob`: another window mixed in
         f_in = corrupt_frames(heard.cpu(), mask, lengths.cpu(), gens, cfg.mask_fill).to(frames.device) \
             if cfg.reads_frames else None
-        mask = mask.to(lengths.device)
+        scored = mask
+        if cfg.aux_bands > 0:  # bands hidden at some unmasked frames, scored too
+            banded, hidden = band_mask(mask, lengths.cpu(), cfg.frame_bands, cfg.band_mask_rate, cfg.band_mask_width,
+                                       gens)
+            hidden = hidden.repeat(1, 1, cfg.frame_dim // cfg.frame_bands).to(frames.device)  # (B, T, F): every stack
+            f_in = f_in.masked_fill(hidden, 0.0)
+            scored = mask | banded
+            banded = banded.to(lengths.device)
+        mask, scored = mask.to(lengths.device), scored.to(lengths.device)
         # `aux_visible` scores the unmasked frames too, so the last block runs everywhere
-        o = model(join_input(cfg, c_in, f_in), valid, keep=None if cfg.aux_visible > 0 else mask,
+        o = model(join_input(cfg, c_in, f_in), valid, keep=None if cfg.aux_visible > 0 else scored,
                   output_hidden_states=cfg.aux_frames_layer > 0 or cfg.aux_decorr > 0)
-        h = o.hidden[mask] if cfg.aux_visible > 0 else o.hidden  # (N, D): the masked frames' states
+        h_scored = o.hidden[scored] if cfg.aux_visible > 0 else o.hidden  # (N, D), in `scored` order
+        h = h_scored[mask[scored]] if cfg.aux_bands > 0 else h_scored  # the masked frames' states
         # `aux_frames_layer`: the frames from a lower block's output (its own LayerNorm), the codes from the last
         h_frames = unwrap(model).aux_norm(o.hidden_states[cfg.aux_frames_layer][mask]) if cfg.aux_frames_layer else h
         if cfg.predicts_codes:
@@ -87,8 +98,11 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
                 out.loss = out.loss + cfg.aux_random * F.cross_entropy(logits.flatten(0, 1), target.flatten())
         else:
             out = LossOutput(F.l1_loss(unwrap(model).frame_prediction(h), frames[mask]), int(mask.sum()))
+        if cfg.aux_bands > 0:  # the hidden bands, from the rest of their frame and its neighbours
+            pred = unwrap(model).frame_prediction(h_scored[banded[scored]]).float()
+            out.loss = out.loss + cfg.aux_bands * (pred - frames[banded])[hidden[banded]].abs().mean()
         if cfg.aux_visible > 0:  # each unmasked position's own frame, from the same head
-            seen = valid & ~mask
+            seen = valid & ~scored
             out.loss = out.loss + cfg.aux_visible * F.l1_loss(unwrap(model).frame_prediction(o.hidden[seen]),
                                                               frames[seen])
         if cfg.aux_teacher > 0:  # data2vec: regress an EMA teacher's view of the clean window at the masked frames

@@ -6,7 +6,7 @@ import torch
 
 from musetok.prior.config import PriorConfig
 from musetok.prior.data import Batch
-from musetok.prior.masking import corrupt_codes, corrupt_frames, row_generators, span_mask
+from musetok.prior.masking import band_mask, corrupt_codes, corrupt_frames, row_generators, span_mask
 from musetok.prior.model import WRITTEN_OUT_MAX, Prior, apply_rotary, attend, rotary_matrices, rotary_tables
 from musetok.prior.objectives import compute_loss, decorrelation
 from musetok.shared.config import ConfigError, load_config
@@ -19,12 +19,19 @@ def cfg(**kw) -> PriorConfig:
     return PriorConfig(**base)
 
 
-def heard(m: Prior, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def heard(m: Prior, batch: Batch, bands: bool = False) -> tuple[torch.Tensor, ...]:
     """What `compute_loss` feeds a masked prior reading frames: its corrupted frames `(B, T, F)` and the mask
-    `(B, T)`, from the same per-row draws in the same order."""
+    `(B, T)`, from the same per-row draws in the same order. `bands`: with `aux_bands`, the frames with their hidden
+    bands zeroed, the mask, the frames with hidden bands `(B, T)` and the hidden elements `(B, T, F)`."""
     gens = row_generators(batch.seeds)
     mask = span_mask(batch.lengths, batch.length, m.cfg.mask_rate, m.cfg.mask_span, gens)
-    return corrupt_frames(batch.frames, mask, batch.lengths, gens, m.cfg.mask_fill), mask
+    f_in = corrupt_frames(batch.frames, mask, batch.lengths, gens, m.cfg.mask_fill)
+    if not bands:
+        return f_in, mask
+    c = m.cfg
+    banded, hidden = band_mask(mask, batch.lengths, c.frame_bands, c.band_mask_rate, c.band_mask_width, gens)
+    hidden = hidden.repeat(1, 1, c.frame_dim // c.frame_bands)
+    return f_in.masked_fill(hidden, 0.0), mask, banded, hidden
 
 
 def test_span_mask_policy():
@@ -649,6 +656,81 @@ def test_aux_decorr_adds_the_layer_decorrelation_at_the_visible_frames_and_train
         with pytest.raises(ConfigError, match="aux_decorr"):
             cfg(aux_decorr=1.0, **bad)
     cfg(objective="masked_frames", aux_decorr=1.0)  # the control may take it too
+
+def test_band_mask_hides_one_stretch_of_bands_at_unmasked_frames():
+    """At about `rate` of each row's valid unmasked frames, exactly `width` adjacent bands; nowhere else; a row
+    draws the same alone as in its batch."""
+    lengths = torch.tensor([200, 120])
+    gens = row_generators(torch.tensor([3, 4]))
+    masked = span_mask(lengths, 200, 0.3, 5, gens)
+    banded, hidden = band_mask(masked, lengths, 20, 0.4, 6, gens)
+    valid = torch.arange(200)[None] < lengths[:, None]
+    assert torch.equal(hidden.any(-1), banded)
+    assert not (banded & ~(valid & ~masked)).any()
+    assert 0.3 < banded.sum() / (valid & ~masked).sum() < 0.5
+    rows = hidden[banded].int()  # (N, 20)
+    assert (rows.sum(1) == 6).all()
+    assert ((rows.diff(dim=1) != 0).sum(1) <= 2).all()  # one stretch: it switches on once and off once at most
+    starts = rows.argmax(1)
+    assert starts.min() == 0 and starts.max() == 14  # every start from the first band to the last that fits
+    gens = row_generators(torch.tensor([4]))
+    alone = band_mask(span_mask(lengths[1:], 200, 0.3, 5, gens), lengths[1:], 20, 0.4, 6, gens)[1]
+    assert torch.equal(alone[0], hidden[1])
+
+
+def test_aux_bands_hides_the_bands_and_scores_them():
+    """`aux_bands`: the prior reads its hidden bands (in every stacked frame) as zeros, and the loss is the masked
+    frames' code and frame terms plus w x L1 of the frame head on just the hidden bands."""
+    torch.manual_seed(0)
+    m = Prior(cfg(inputs="frames", aux_frames=1.0, aux_bands=0.5, frame_bands=6, band_mask_width=2,
+                  band_mask_rate=0.5))
+    codes, frames = torch.randint(0, 16, (2, 2, 20)), torch.randn(2, 20, 12)
+    batch = Batch(codes, frames, torch.tensor([20, 13]), torch.arange(2))
+    loss = compute_loss(m, batch).loss
+    f_in, mask, banded, hidden = heard(m, batch, bands=True)
+    assert banded.sum() > 3 and torch.equal(hidden[..., :6], hidden[..., 6:])  # both stacked frames alike
+    assert (f_in[hidden] == 0).all() and torch.equal(f_in[~hidden], heard(m, batch)[0][~hidden])
+    valid = torch.arange(20)[None] < batch.lengths[:, None]
+    h = m(f_in, valid).hidden
+    logits = m.code_logits(h[mask])
+    want = torch.nn.functional.cross_entropy(logits.flatten(0, 1), codes.permute(0, 2, 1)[mask].flatten())
+    want = want + torch.nn.functional.l1_loss(m.frame_prediction(h[mask]), frames[mask])
+    want = want + 0.5 * (m.frame_prediction(h[banded]) - frames[banded])[hidden[banded]].abs().mean()
+    assert torch.allclose(loss, want, atol=1e-5)
+    for bad in (dict(inputs="codes+frames", aux_frames=1.0), dict(inputs="frames"),
+                dict(inputs="frames", aux_frames=1.0, aux_frames_layer=1), dict(objective="next_frames")):
+        with pytest.raises(ConfigError, match="model.aux_bands"):
+            cfg(aux_bands=1.0, **bad)
+    with pytest.raises(ConfigError, match="model.band_mask_width: must be at most the frames' bands"):
+        cfg(objective="masked_frames", aux_bands=1.0, frame_bands=6, band_mask_width=7)
+
+
+def test_aux_bands_learns_to_fill_hidden_bands_from_the_other_octave():
+    """Frames whose upper octave copies the lower one, independent in time: only the bands left visible can tell
+    the hidden ones. Trained with `aux_bands`, the control fills them far better than their mean does."""
+    def frames(n, g):
+        low = torch.randn(n, 32, 12, generator=g)
+        return torch.cat([low, low], -1)  # 24 bands: band b + 12 is band b
+
+    torch.manual_seed(0)
+    m = Prior(cfg(objective="masked_frames", aux_bands=1.0, frame_dim=24, frame_bands=24, band_mask_width=4,
+                  band_mask_rate=0.5, layers=1, max_len=32))
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    for step in range(150):
+        batch = Batch(None, frames(16, g), torch.full((16,), 32), torch.arange(16) + 16 * step)
+        o = compute_loss(m, batch)
+        opt.zero_grad()
+        o.loss.backward()
+        opt.step()
+    batch = Batch(None, frames(16, g), torch.full((16,), 32), torch.arange(16) + 10_000)
+    with torch.no_grad():
+        f_in, _, banded, hidden = heard(m, batch, bands=True)
+        pred = m.frame_prediction(m(f_in, torch.ones(16, 32, dtype=torch.bool)).hidden[banded])
+    truth = batch.frames[banded][hidden[banded]]
+    filled, mean = (pred[hidden[banded]] - truth).abs().mean().item(), truth.abs().mean().item()
+    assert filled < 0.5 * mean, (filled, mean)
+
 
 def test_aux_random_adds_the_masked_frames_random_code_cross_entropy():
     """`aux_random`: the tokenizer's code loss plus w x cross-entropy of the random head against BEST-RQ's codes
