@@ -162,7 +162,10 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                                                     ("unmasked frames", mc.aux_visible), ("chroma", mc.aux_chroma),
                                                     ("random-projection codes", mc.aux_random),
                                                     (f"EMA teacher's top {mc.teacher_layers} layers (decay "
-                                                     f"{mc.teacher_decay:g})", mc.aux_teacher)) if w > 0)
+                                                     f"{mc.teacher_decay:g})", mc.aux_teacher),
+                                                    (f"decorrelation of layer {mc.aux_decorr_layer}", mc.aux_decorr),
+                                                    (f"{mc.band_mask_width} bands hidden at {mc.band_mask_rate:.0%} of "
+                                                     "the unmasked frames", mc.aux_bands)) if w > 0)
                                            + (f"; {mc.mix_prob:.0%} of training windows heard with another mixed in "
                                               f"at +-{mc.mix_db:g} dB" if mc.mix_prob > 0 else "")
                                            + ("; masked frames read as noise" if mc.mask_fill == "noise" else "")

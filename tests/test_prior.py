@@ -756,10 +756,10 @@ def test_aux_random_adds_the_masked_frames_random_code_cross_entropy():
             cfg(aux_random=1.0, **bad)
 
 
-def _train_frames_prior(tmp_path, store, setting: str):
-    """A tiny frames -> codes prior with one more setting, 20 steps: (its result, its model card)."""
+def _train_frames_prior(tmp_path, store, *settings: str):
+    """A tiny frames -> codes prior with more settings, 20 steps: (its result, its model card)."""
     from musetok.prior.train import PriorRunConfig, train_prior
-    run = load_config(PriorRunConfig, None, TINY_PRIOR + ["model.inputs=frames", setting, "train.steps=20",
+    run = load_config(PriorRunConfig, None, TINY_PRIOR + ["model.inputs=frames", *settings, "train.steps=20",
                                                           "model.max_len=32"])
     r = train_prior(run, store, tmp_path / "p", progress=False)
     return r, (tmp_path / "p" / "README.md").read_text()
@@ -769,6 +769,14 @@ def test_an_aux_random_prior_trains_and_says_so(tmp_path, store):
     r, card = _train_frames_prior(tmp_path, store, "model.aux_random=1.0")
     assert np.isfinite(r.valid_loss) and r.valid_accuracy > 0
     assert "| reads -> predicts | frames -> codes + 1 x random-projection codes |" in card
+
+
+def test_aux_bands_and_aux_decorr_priors_train_and_say_so(tmp_path, store):
+    r, card = _train_frames_prior(tmp_path, store, "model.aux_frames=1.0", "model.aux_bands=0.5",
+                                  "model.band_mask_width=4", "model.aux_decorr=0.1")
+    assert np.isfinite(r.valid_loss) and r.valid_accuracy > 0
+    assert ("| reads -> predicts | frames -> codes + 1 x frames + 0.1 x decorrelation of layer 0 + 0.5 x 4 bands "
+            "hidden at 30% of the unmasked frames |") in card
 
 
 def test_aux_teacher_regresses_an_ema_teacher_of_the_clean_window():
