@@ -34,6 +34,23 @@ def heard(m: Prior, batch: Batch, bands: bool = False) -> tuple[torch.Tensor, ..
     return f_in.masked_fill(hidden, 0.0), mask, banded, hidden
 
 
+def frames_batch(lengths: list[int]) -> Batch:
+    """Two rows of 20 frames (12 per frame) with 2 codebooks of 16 codes, drawn from the global RNG, codes first."""
+    codes, frames = torch.randint(0, 16, (2, 2, 20)), torch.randn(2, 20, 12)
+    return Batch(codes, frames, torch.tensor(lengths), torch.arange(2))
+
+
+def with_and_without(m: Prior, batch: Batch, key: str):
+    """`compute_loss` with the weight `key` as set, and the loss (detached) with that weight at 0, restored after."""
+    out = compute_loss(m, batch)
+    weight = getattr(m.cfg, key)
+    setattr(m.cfg, key, 0.0)
+    try:
+        return out, compute_loss(m, batch).loss.detach()
+    finally:
+        setattr(m.cfg, key, weight)
+
+
 def test_span_mask_policy():
     lengths = torch.tensor([400, 250, 37, 0])
     m = span_mask(lengths, 400, rate=0.3, span=5, gens=row_generators(torch.arange(4)))
@@ -545,17 +562,13 @@ def test_learned_codebook_weights_start_as_the_sum_and_train():
 def test_aux_frames_adds_the_masked_frame_l1():
     torch.manual_seed(0)
     m = Prior(cfg(inputs="frames", aux_frames=0.5))
-    codes, frames = torch.randint(0, 16, (2, 2, 20)), torch.randn(2, 20, 12)
-    batch = Batch(codes, frames, torch.full((2,), 20), torch.arange(2))
-    out = compute_loss(m, batch)
-    with_aux = out.loss
-    m.cfg.aux_frames = 0.0
-    without = compute_loss(m, batch).loss.detach()
+    batch = frames_batch([20, 20])
+    out, without = with_and_without(m, batch, "aux_frames")
     assert out.cross_entropy == pytest.approx(without.item(), abs=1e-5)  # what the perplexity is taken from
     f_in, mask = heard(m, batch)
     h = m(f_in, keep=mask).hidden
-    l1 = torch.nn.functional.l1_loss(m.frame_prediction(h), frames[mask])
-    assert torch.allclose(with_aux - without, 0.5 * l1, atol=1e-5)
+    l1 = torch.nn.functional.l1_loss(m.frame_prediction(h), batch.frames[mask])
+    assert torch.allclose(out.loss - without, 0.5 * l1, atol=1e-5)
     with pytest.raises(ConfigError, match="aux_frames"):
         cfg(objective="masked_frames", aux_frames=1.0)
 
@@ -565,8 +578,8 @@ def test_aux_frames_layer_predicts_the_frames_from_a_lower_block():
     from the last block as before; k = 0 is the last block (the default), and it needs aux_frames."""
     torch.manual_seed(0)
     m = Prior(cfg(inputs="frames", aux_frames=0.5, aux_frames_layer=1))
-    codes, frames = torch.randint(0, 16, (2, 2, 20)), torch.randn(2, 20, 12)
-    batch = Batch(codes, frames, torch.full((2,), 20), torch.arange(2))
+    batch = frames_batch([20, 20])
+    codes, frames = batch.codes, batch.frames
     loss = compute_loss(m, batch).loss
     f_in, mask = heard(m, batch)
     o = m(f_in, keep=mask, output_hidden_states=True)
@@ -587,23 +600,19 @@ def test_aux_visible_adds_the_unmasked_frames_l1():
     masked part unchanged; the masked-only loss is the same with the last block run everywhere."""
     torch.manual_seed(0)
     m = Prior(cfg(inputs="frames", aux_frames=1.0, aux_visible=0.5))
-    codes, frames = torch.randint(0, 16, (2, 2, 20)), torch.randn(2, 20, 12)
-    batch = Batch(codes, frames, torch.tensor([20, 13]), torch.arange(2))
-    with_aux = compute_loss(m, batch).loss
-    m.cfg.aux_visible = 0.0
-    without = compute_loss(m, batch).loss.detach()
+    batch = frames_batch([20, 13])
+    out, without = with_and_without(m, batch, "aux_visible")
     f_in, mask = heard(m, batch)
     valid = torch.arange(20)[None] < batch.lengths[:, None]
     h = m(f_in, valid).hidden
     seen = valid & ~mask
     assert 0 < int(seen.sum()) < int(valid.sum())
-    l1 = torch.nn.functional.l1_loss(m.frame_prediction(h[seen]), frames[seen])
-    assert torch.allclose(with_aux - without, 0.5 * l1, atol=1e-5)
+    l1 = torch.nn.functional.l1_loss(m.frame_prediction(h[seen]), batch.frames[seen])
+    assert torch.allclose(out.loss - without, 0.5 * l1, atol=1e-5)
     for bad in (dict(objective="next_frames"), dict(aux_frames=0.0), dict(aux_frames=1.0, aux_frames_layer=1)):
         with pytest.raises(ConfigError, match="aux_visible"):
             cfg(inputs="frames", aux_visible=1.0, **bad)
     cfg(objective="masked_frames", aux_visible=1.0)  # the control may take it too
-
 
 
 def test_decorrelation_is_vicregs_covariance_term_on_standardised_channels():
@@ -622,15 +631,12 @@ def test_aux_decorr_adds_the_layer_decorrelation_at_the_visible_frames_and_train
     trained with it, the input layer of a prior reading correlated frames ends up far less correlated."""
     torch.manual_seed(0)
     m = Prior(cfg(inputs="frames", aux_frames=1.0, aux_decorr=0.5, aux_decorr_layer=1))
-    codes, frames = torch.randint(0, 16, (2, 2, 20)), torch.randn(2, 20, 12)
-    batch = Batch(codes, frames, torch.tensor([20, 13]), torch.arange(2))
-    with_aux = compute_loss(m, batch).loss
-    m.cfg.aux_decorr = 0.0
-    without = compute_loss(m, batch).loss.detach()
+    batch = frames_batch([20, 13])
+    out, without = with_and_without(m, batch, "aux_decorr")
     f_in, mask = heard(m, batch)
     valid = torch.arange(20)[None] < batch.lengths[:, None]
     states = m(f_in, valid, output_hidden_states=True).hidden_states
-    assert torch.allclose(with_aux - without, 0.5 * decorrelation(states[1][valid & ~mask]), atol=1e-5)
+    assert torch.allclose(out.loss - without, 0.5 * decorrelation(states[1][valid & ~mask]), atol=1e-5)
 
     def input_layer_correlation(weight: float) -> float:
         torch.manual_seed(0)
@@ -684,8 +690,8 @@ def test_aux_bands_hides_the_bands_and_scores_them():
     torch.manual_seed(0)
     m = Prior(cfg(inputs="frames", aux_frames=1.0, aux_bands=0.5, frame_bands=6, band_mask_width=2,
                   band_mask_rate=0.5))
-    codes, frames = torch.randint(0, 16, (2, 2, 20)), torch.randn(2, 20, 12)
-    batch = Batch(codes, frames, torch.tensor([20, 13]), torch.arange(2))
+    batch = frames_batch([20, 13])
+    codes, frames = batch.codes, batch.frames
     loss = compute_loss(m, batch).loss
     f_in, mask, banded, hidden = heard(m, batch, bands=True)
     assert banded.sum() > 3 and torch.equal(hidden[..., :6], hidden[..., 6:])  # both stacked frames alike
@@ -738,17 +744,14 @@ def test_aux_random_adds_the_masked_frames_random_code_cross_entropy():
     torch.manual_seed(0)
     m = Prior(cfg(inputs="frames", aux_random=0.5, rpq_size=8))
     assert m.code_out.shape == (2, 16, 32)  # the tokenizer's codes stay the main target
-    codes, frames = torch.randint(0, 16, (2, 2, 20)), torch.randn(2, 20, 12)
-    batch = Batch(codes, frames, torch.full((2,), 20), torch.arange(2))
-    with_aux = compute_loss(m, batch).loss
-    m.cfg.aux_random = 0.0
-    without = compute_loss(m, batch).loss.detach()
+    batch = frames_batch([20, 20])
+    out, without = with_and_without(m, batch, "aux_random")
     f_in, mask = heard(m, batch)
     h = m(f_in, keep=mask).hidden
-    target = Prior(cfg(inputs="frames", targets="random", rpq_size=8)).random_codes(frames[mask])  # same seed
+    target = Prior(cfg(inputs="frames", targets="random", rpq_size=8)).random_codes(batch.frames[mask])  # same seed
     ce = torch.nn.functional.cross_entropy(m.random_logits(h).flatten(0, 1), target.flatten())
-    assert torch.allclose(with_aux - without, 0.5 * ce, atol=1e-5)
-    with_aux.backward()
+    assert torch.allclose(out.loss - without, 0.5 * ce, atol=1e-5)
+    out.loss.backward()
     assert m.random_head.weight.grad.abs().sum() > 0
     assert not any("rpq" in n for n, _ in m.named_parameters())
     for bad in (dict(objective="ar", inputs="frames"), dict(inputs="frames", targets="random")):
@@ -788,14 +791,11 @@ def test_aux_teacher_regresses_an_ema_teacher_of_the_clean_window():
     student = {n: p for n, p in m.named_parameters() if not n.startswith("teacher")}
     for n, p in m.teacher.named_parameters():
         assert torch.equal(p, student[n]) and not p.requires_grad
-    codes, frames = torch.randint(0, 16, (2, 2, 20)), torch.randn(2, 20, 12)
-    batch = Batch(codes, frames, torch.tensor([20, 14]), torch.arange(2))
+    batch = frames_batch([20, 14])
+    frames = batch.frames
     m.eval()
     with torch.no_grad():
-        with_aux = compute_loss(m, batch).loss
-        m.cfg.aux_teacher = 0.0
-        without = compute_loss(m, batch).loss
-        m.cfg.aux_teacher = 0.5
+        out, without = with_and_without(m, batch, "aux_teacher")
     f_in, mask = heard(m, batch)
     valid = torch.arange(20)[None] < batch.lengths[:, None]
     with torch.no_grad():
@@ -806,7 +806,7 @@ def test_aux_teacher_regresses_an_ema_teacher_of_the_clean_window():
         rows = [(x[:n] - x[:n].mean(0)) / (x[:n].var(0, unbiased=False) + 1e-5).sqrt() for x, n in zip(s, [20, 14])]
         targets.append(torch.cat([torch.nn.functional.pad(r, (0, 0, 0, 20 - len(r))) for r in rows]).view(2, 20, -1))
     mse = torch.nn.functional.mse_loss(m.teacher_head(h), ((targets[0] + targets[1]) / 2)[mask])
-    assert torch.allclose(with_aux - without, 0.5 * mse, atol=1e-5)
+    assert torch.allclose(out.loss - without, 0.5 * mse, atol=1e-5)
     assert all(torch.equal(p, student[n]) for n, p in m.teacher.named_parameters())  # eval forwards leave it
     m.train()
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1)
