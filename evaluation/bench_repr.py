@@ -123,7 +123,8 @@ PRIORS["frames_conv"] = _variant("frames", "model.frame_conv=true",
 # cost), or half the positions (a stride of 4 semitones; the kernel still spans 7 bands: -0.011 over the 9 cells).
 PRIORS["frames_codes_conv16"] = _variant("frames_codes_conv", "model.conv_channels=16",
                                          row="prior: frames -> codes + frames, conv front-end, 16 channels (mlm)")
-# A quarter of the channels: the convolution is about a tenth of the bf16 step, the rest of the gap to 1.1x HF BERT.
+# Half the recommended prior's channels: the convolution is about a tenth of its bf16 step. Measured: the step 1.083x
+# eager HF BERT against 1.053x, but -0.003 over the 9 cells (benchmarks/levers.md), so `small` keeps 16.
 PRIORS["frames_codes_conv8"] = _variant("frames_codes_conv", "model.conv_channels=8",
                                         row="prior: frames -> codes + frames, conv front-end, 8 channels (mlm)")
 PRIORS["frames_codes_conv_s4"] = _variant("frames_codes_conv", "model.conv_stride=4",
