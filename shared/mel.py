@@ -5,13 +5,17 @@ device. It matches `np.log(librosa.feature.melspectrogram(..., center=True, pad_
 (see tests/test_mel.py). Frames are cut with `unfold` and transformed with `torch.fft.rfft`, which ran
 ~3x faster than `torch.stft` + `view_as_real` on CPU here.
 
+`min_fft` makes the semitone front-end multi-resolution, as a constant-Q transform is: each band is read from
+the shortest of the STFTs at n_fft, n_fft / 2, ..., min_fft that still resolves it, all centred on the same
+sample, so bands above a few hundred Hz see onsets in 46 ms windows (1024 points) instead of 186 ms (4096).
+
 `StreamingMel` produces exactly the same frames from a waveform that arrives in blocks, so a long
 file never has to be in memory at once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
 import librosa
@@ -36,6 +40,11 @@ class MelConfig:
     # 32.7 Hz, when f_min is 0), a constant-Q filterbank on the STFT that keeps pitch; it needs a long
     # n_fft (4096 at 22.05 kHz resolves semitones from about 90 Hz; lower bands are as wide as 2 FFT bins).
     scale: Literal["mel", "semitone"] = "mel"
+    # `semitone` only: read each band from the shortest STFT, halving n_fft down to min_fft, in which the band's
+    # triangle is at least `RESOLVED_BINS` bins wide on its lower side, so it still sees one semitone apart from
+    # the next. The windows share their centre, and the short STFTs' power is scaled by n_fft / their length so a
+    # steady tone or noise reads about the same in any of them. None: every band from the n_fft STFT.
+    min_fft: Optional[int] = None
 
     def __post_init__(self):
         check(self.sample_rate > 0, "mel.sample_rate", "must be positive")
@@ -45,6 +54,11 @@ class MelConfig:
         nyquist = self.sample_rate / 2
         check(self.f_max is None or self.f_min < self.f_max <= nyquist, "mel.f_max",
               f"must be in (f_min, {nyquist}]")
+        if self.min_fft is not None:
+            check(self.scale == "semitone", "mel.min_fft", "needs mel.scale: semitone")
+            ratio = self.n_fft // self.min_fft if self.min_fft > 0 else 0
+            check(self.min_fft > 0 and self.n_fft % self.min_fft == 0 and ratio & (ratio - 1) == 0, "mel.min_fft",
+                  f"must be n_fft ({self.n_fft}) divided by a power of 2")
         if self.scale == "semitone":
             top = self.semitone_low * 2 ** (self.n_mels / 12)  # upper edge of the top band
             check(top <= nyquist, "mel.n_mels", f"{self.n_mels} semitone bands from {self.semitone_low:.1f} Hz reach "
@@ -66,6 +80,31 @@ def semitone_pitch_classes(cfg: MelConfig) -> np.ndarray:
     check(cfg.scale == "semitone", "mel.scale", "pitch classes need the semitone front-end")
     low = int(round(float(librosa.hz_to_midi(cfg.semitone_low))))
     return (low + np.arange(cfg.n_mels)) % 12
+
+
+RESOLVED_BINS = 2  # a Hann window's main lobe reaches 2 bins either side of a tone
+
+
+def semitone_resolutions(cfg: MelConfig) -> list[tuple[int, int, int]]:
+    """`[(n_fft, first band, end band), ...]`, longest STFT first: which STFT each band of a semitone front-end
+    reads. One entry `(cfg.n_fft, 0, n_mels)` unless `cfg.min_fft` is set."""
+    if cfg.min_fft is None:
+        return [(cfg.n_fft, 0, cfg.n_mels)]
+    centres = librosa.cqt_frequencies(cfg.n_mels + 1, fmin=cfg.semitone_low / 2 ** (1 / 12), bins_per_octave=12)
+    lower_width = centres[1:] - centres[:-1]  # each band's centre minus its lower neighbour's
+    sizes, n = [], cfg.n_fft
+    while n >= cfg.min_fft:
+        sizes.append(n)
+        n //= 2
+    # the shortest STFT whose bins are narrow enough; widths grow with the band, so the choice only shortens
+    chosen = [next((n for n in reversed(sizes) if w >= RESOLVED_BINS * cfg.sample_rate / n), cfg.n_fft)
+              for w in lower_width]
+    out = []
+    for n in sizes:
+        bands = [i for i, c in enumerate(chosen) if c == n]
+        if bands:
+            out.append((n, bands[0], bands[-1] + 1))
+    return out
 
 
 def semitone_filterbank(cfg: MelConfig) -> np.ndarray:
@@ -94,15 +133,41 @@ class MelFrontend(nn.Module):
         self.cfg = cfg
         fb = semitone_filterbank(cfg) if cfg.scale == "semitone" else \
             librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=cfg.f_max)
-        # Not saved in checkpoints: both are derived from the config.
+        # Not saved in checkpoints: all are derived from the config.
         self.register_buffer("fb", torch.from_numpy(fb.T.astype(np.float32)).contiguous(), persistent=False)
         self.register_buffer("window", torch.hann_window(cfg.n_fft, periodic=True), persistent=False)
+        # multi-resolution (`min_fft`): the long STFT's own bands, then (n_fft, first band, end band) of each
+        # shorter one, with its filterbank and window as buffers `fb_<n>` and `window_<n>`
+        self.shorter: list[tuple[int, int, int]] = []
+        if cfg.scale == "semitone" and cfg.min_fft is not None:
+            (_, _, long_end), *self.shorter = semitone_resolutions(cfg)
+            self.fb = self.fb[:, :long_end].contiguous()
+            for n, lo, hi in self.shorter:
+                short = semitone_filterbank(replace(cfg, n_fft=n, min_fft=None))[lo:hi] * (cfg.n_fft / n)
+                self.register_buffer(f"fb_{n}", torch.from_numpy(short.T.astype(np.float32)).contiguous(),
+                                     persistent=False)
+                self.register_buffer(f"window_{n}", torch.hann_window(n, periodic=True), persistent=False)
+        # rows of the filterbanks past their last non-zero bin are dropped, and those bins never squared: the
+        # long STFT of a multi-resolution front-end only feeds its bands below a few hundred Hz
+        for name in ["fb"] + [f"fb_{n}" for n, _, _ in self.shorter]:
+            fb_t = getattr(self, name)
+            setattr(self, name, fb_t[:int(fb_t.abs().sum(1).nonzero().max()) + 1].contiguous())
+
+    @staticmethod
+    def _bands(frames: torch.Tensor, window: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        """Frames `(B, T, len(window))` -> filterbank power `(B, T, bands)`, `fb` `(bins it reads, bands)`."""
+        spec = torch.fft.rfft(frames * window)[..., :fb.shape[0]]  # (B, T, <= n // 2 + 1)
+        return (spec.real.square() + spec.imag.square()) @ fb  # 1.5-2x faster than abs().square() on CPU
 
     def frames_to_logmel(self, frames: torch.Tensor) -> torch.Tensor:
         """Windowed frames `(B, T, n_fft)` -> log-mel `(B, n_mels, T)`."""
-        spec = torch.fft.rfft(frames * self.window)  # (B, T, n_fft // 2 + 1)
-        power = spec.real.square() + spec.imag.square()  # 1.5-2x faster than abs().square() on CPU
-        mel = power @ self.fb  # (B, T, n_mels)
+        mel = self._bands(frames, self.window, self.fb)  # (B, T, n_mels), or the long STFT's bands
+        if self.shorter:
+            parts, centre = [mel], self.cfg.n_fft // 2
+            for n, _, _ in self.shorter:  # the same centre sample, a shorter window
+                parts.append(self._bands(frames[..., centre - n // 2: centre + n // 2], getattr(self, f"window_{n}"),
+                                         getattr(self, f"fb_{n}")))
+            mel = torch.cat(parts, dim=-1)
         return torch.log(mel + self.cfg.log_eps).transpose(1, 2)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:

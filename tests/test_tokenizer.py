@@ -199,24 +199,28 @@ def test_waveform_tokenizer_trains_tokenizes_and_decodes(tmp_path, corpus):
                  str(tmp_path / "store2"), "--workers", "0", "--with-frames", "--quiet"]) == 2
 
 
-def test_folders_saved_before_a_setting_existed_keep_their_id(tmp_path, trained_tokenizer):
-    """`mel.scale` was added later: a config.json without it still loads (the id hashes it only when set)."""
+@pytest.mark.parametrize("key", ["scale", "min_fft"])
+def test_folders_saved_before_a_setting_existed_keep_their_id(tmp_path, trained_tokenizer, key):
+    """`mel.scale` and `mel.min_fft` were added later: a config.json without them still loads and keeps its id
+    (the id hashes them only when set)."""
     import shutil
     old = tmp_path / "old"
     shutil.copytree(trained_tokenizer, old)
     cfg = json.loads((old / "config.json").read_text())
-    del cfg["config"]["mel"]["scale"]
+    del cfg["config"]["mel"][key]
     (old / "config.json").write_text(json.dumps(cfg))
     assert load_tokenizer(old).tokenizer_id == load_tokenizer(trained_tokenizer).tokenizer_id
 
 
-def test_semitone_tokenizer_decodes_to_audio():
+@pytest.mark.parametrize("extra", [[], ["model.mel.min_fft=512"]])
+def test_semitone_tokenizer_decodes_to_audio(extra):
     """`decode` inverts the tokenizer's own filterbank: a semitone tokenizer decodes to audio of the clip's
-    length (untrained weights: only the path is checked, not the sound)."""
+    length (untrained weights: only the path is checked, not the sound). A multi-resolution one (`min_fft`) is
+    inverted as if every band came from its longest STFT, which its scaling makes them read alike."""
     from musetok.tokenizer.builder import build_tokenizer
     from musetok.tokenizer.decode import codes_to_audio
     run = load_config(TokenizerRunConfig, None, TINY_TOKENIZER + ["model.mel.scale=semitone", "model.mel.n_fft=2048",
-                                                                  "model.mel.n_mels=80"])
+                                                                  "model.mel.n_mels=80"] + extra)
     model = build_tokenizer(run.model).eval()
     codes = np.zeros((1, 50), dtype=np.int64)
     wave = codes_to_audio(model, codes, n_iter=2)

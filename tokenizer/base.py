@@ -20,7 +20,7 @@ from musetok.tokenizer.config import TokenizerConfig
 from musetok.tokenizer.layers import receptive_field
 
 # Config settings added after tokenizers were first saved: (section, key, default).
-LATER_SETTINGS = [("mel", "scale", "mel")]
+LATER_SETTINGS = [("mel", "scale", "mel"), ("mel", "min_fft", None)]
 
 
 @dataclass
