@@ -71,19 +71,21 @@ def make_runners(args):
     fdim = 200  # the small tokenizer's stacked frames: 2 x 100 semitone bands per code frame
     frames = torch.randn(b, t, fdim)
     chroma = torch.softmax(torch.randn(b, t, 2, 12), -1)  # aux_chroma's targets: 12 pitch classes per mel frame
-    for name, objective, inputs, targets, aux, aux_chroma, conv in (  # conv: the band convolution's channels
-            ("mlm", "mlm", "codes", "codes", 0.0, 0.0, 0), ("ar", "ar", "codes", "codes", 0.0, 0.0, 0),
-            ("mlm frames->codes", "mlm", "frames", "codes", 0.0, 0.0, 0),
-            ("mlm frames->codes+frames", "mlm", "frames", "codes", 1.0, 0.0, 0),
-            ("mlm frames->codes+frames, conv front-end 32 ch", "mlm", "frames", "codes", 1.0, 0.0, 32),
-            ("mlm frames->codes+frames, conv front-end 16 ch", "mlm", "frames", "codes", 1.0, 0.0, 16),
-            ("mlm frames->codes+frames, conv front-end 8 ch", "mlm", "frames", "codes", 1.0, 0.0, 8),
-            ("mlm frames->codes+frames+chroma", "mlm", "frames", "codes", 1.0, 1.0, 0),
-            ("mlm frames->random", "mlm", "frames", "random", 0.0, 0.0, 0)):
+    for name, objective, inputs, targets, aux, aux_chroma, conv, mlp in (  # conv: the band convolution's channels
+            ("mlm", "mlm", "codes", "codes", 0.0, 0.0, 0, "gelu"), ("ar", "ar", "codes", "codes", 0.0, 0.0, 0, "gelu"),
+            ("mlm frames->codes", "mlm", "frames", "codes", 0.0, 0.0, 0, "gelu"),
+            ("mlm frames->codes+frames", "mlm", "frames", "codes", 1.0, 0.0, 0, "gelu"),
+            ("mlm frames->codes+frames, conv front-end 32 ch", "mlm", "frames", "codes", 1.0, 0.0, 32, "gelu"),
+            ("mlm frames->codes+frames, conv front-end 16 ch", "mlm", "frames", "codes", 1.0, 0.0, 16, "gelu"),
+            ("mlm frames->codes+frames, conv front-end 16 ch, ReLU MLP", "mlm", "frames", "codes", 1.0, 0.0, 16,
+             "relu"),
+            ("mlm frames->codes+frames, conv front-end 8 ch", "mlm", "frames", "codes", 1.0, 0.0, 8, "gelu"),
+            ("mlm frames->codes+frames+chroma", "mlm", "frames", "codes", 1.0, 1.0, 0, "gelu"),
+            ("mlm frames->random", "mlm", "frames", "random", 0.0, 0.0, 0, "gelu")):
         cfg = PriorConfig(objective=objective, inputs=inputs, targets=targets, aux_frames=aux, aux_chroma=aux_chroma,
                           dim=d, layers=l, heads=h, max_len=t, codebook_size=v, num_codebooks=1, frame_dim=fdim,
                           frame_bands=fdim // 2, frame_conv=conv > 0, conv_channels=conv or 32,
-                          chroma_dim=24 if aux_chroma else 0)
+                          chroma_dim=24 if aux_chroma else 0, mlp=mlp)
         model = Prior(cfg)
         opt = make_optimizer(model, 1e-4, 0.1)
         batch = Batch(codes, frames if cfg.uses_frames else None, torch.full((b,), t), torch.arange(b),

@@ -34,7 +34,7 @@ class PriorConfig:
     dim: int = 256
     layers: int = 4
     heads: int = 4
-    mlp: Literal["gelu", "swiglu"] = "gelu"
+    mlp: Literal["gelu", "swiglu", "relu"] = "gelu"
     mlp_ratio: float = 4.0
     max_len: int = 512              # context, in code frames
     dropout: float = 0.0            # on the residual branches (and, unless attn_dropout says, attention weights)

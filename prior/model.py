@@ -117,9 +117,10 @@ class Attention(nn.Module):
                 # unbind, not slices: its backward stacks the three gradients, where slices' fill zeros and add
                 q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, T, hd)
                 q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-            else:
-                q, k = torch.einsum("btjhd,tde->jbhte", qkv[:, :, :2], rot).unbind(0)  # (B, H, T, hd)
-                v = qkv[:, :, 2].transpose(1, 2)
+            else:  # split, not slices: as unbind, its backward joins the gradients (1.02x the `small` step)
+                qk, v = qkv.split([2, 1], dim=2)
+                q, k = torch.einsum("btjhd,tde->jbhte", qk, rot).unbind(0)  # (B, H, T, hd)
+                v = v.squeeze(2).transpose(1, 2)
             y = attend(q, k, v, attn_mask, causal, dropout)
             return self.out(y.transpose(1, 2).reshape(b, t, d))
         w_q, w_kv = self.qkv.weight[:d], self.qkv.weight[d:]
@@ -127,12 +128,12 @@ class Attention(nn.Module):
         xq = x.gather(1, q_index[..., None].expand(b, n, d))  # (B, N, D)
         q = F.linear(xq, w_q).view(b, n, self.heads, hd).transpose(1, 2)  # (B, H, N, hd)
         q = apply_rotary(q, cos[q_index][:, None], sin[q_index][:, None])
-        kv = F.linear(x, w_kv).view(b, t, 2, self.heads, hd)
+        k, v = F.linear(x, w_kv).view(b, t, 2, self.heads, hd).unbind(2)
         if rot is None:
-            k = apply_rotary(kv[:, :, 0].transpose(1, 2), cos, sin)  # (B, H, T, hd)
+            k = apply_rotary(k.transpose(1, 2), cos, sin)  # (B, H, T, hd)
         else:
-            k = torch.einsum("bthd,tde->bhte", kv[:, :, 0], rot)
-        y = attend(q, k, kv[:, :, 1].transpose(1, 2), attn_mask, dropout_p=dropout)
+            k = torch.einsum("bthd,tde->bhte", k, rot)
+        y = attend(q, k, v.transpose(1, 2), attn_mask, dropout_p=dropout)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
 
@@ -140,7 +141,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: PriorConfig):
         super().__init__()
         hidden = int(cfg.dim * cfg.mlp_ratio)
-        self.swiglu = cfg.mlp == "swiglu"
+        self.swiglu, self.relu = cfg.mlp == "swiglu", cfg.mlp == "relu"
         if self.swiglu:
             hidden = int(2 * hidden / 3)
             self.gate = nn.Linear(cfg.dim, hidden, bias=False)
@@ -149,8 +150,12 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.up(x)
-        # exact GELU: on CPU it ran 2x faster than the tanh approximation (fwd + bwd)
-        h = F.silu(self.gate(x)) * h if self.swiglu else F.gelu(h)
+        if self.swiglu:
+            h = F.silu(self.gate(x)) * h
+        elif self.relu:  # 0.4 ms forward and backward at 16 x 128 x 768 in bf16 on 2 cores, against 1.06 for GELU
+            h = F.relu(h)
+        else:  # exact GELU: on CPU it ran 2x faster than the tanh approximation (fwd + bwd)
+            h = F.gelu(h)
         return self.down(h)
 
 

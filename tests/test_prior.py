@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from musetok.prior.config import PriorConfig
 from musetok.prior.data import Batch
@@ -199,10 +200,16 @@ def test_inputs_and_targets_build_the_right_heads():
     assert {n.split(".")[0] for n, _ in m.named_parameters()} == {"embed", "head_bias", "blocks", "norm"}
 
 
-def test_swiglu_and_dropout():
+def test_swiglu_relu_and_dropout():
     torch.manual_seed(0)
     _, acc = _fit("ar", successor_codes, mlp="swiglu")
     assert acc > 0.9
+    _, acc = _fit("ar", successor_codes, mlp="relu")
+    assert acc > 0.9
+    mlp = Prior(cfg(objective="mlm", mlp="relu")).blocks[0].mlp
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(mlp(x), mlp.down(torch.relu(mlp.up(x))))
+    assert not torch.allclose(mlp(x), mlp.down(F.gelu(mlp.up(x))))
     model = Prior(cfg(objective="mlm", dropout=0.3))
     x = torch.randint(0, 16, (2, 2, 20))
     model.train()
