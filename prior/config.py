@@ -88,6 +88,15 @@ class PriorConfig:
     aux_bands: float = 0.0
     band_mask_rate: float = 0.3
     band_mask_width: int = 12       # bands hidden at once: an octave of the semitone front-end
+    # masked priors: + this weight x a contrastive loss between recordings (COLA / CLMR's InfoNCE, SimCLR's NT-Xent):
+    # each batch holds two windows of each recording (`prior.data.WindowSource` pairs), each window's last-layer
+    # states are averaged over its frames (masked ones too) and mapped by a head of its own to `contrast_dim`, and
+    # each window must pick its partner out of the batch by cosine similarity / `contrast_temperature` (windows of
+    # one recording that are not partners are left out). The masked objectives are all frame-level; this asks the
+    # pooled states, what a probe reads, for what stays the same through a recording: its instruments and key
+    aux_contrast: float = 0.0
+    contrast_dim: int = 128
+    contrast_temperature: float = 0.1
     mix_prob: float = 0.0           # masked priors reading frames: chance a training window's input gets a stretch
     mix_db: float = 5.0             #   of another mixed in, at +-mix_db dB (WavLM / MERT); its targets stay clean
     rpq_codebooks: int = 1          # targets=random: BEST-RQ's frozen random-projection quantisers
@@ -167,6 +176,11 @@ class PriorConfig:
         check(not self.conv_harmonics or self.frame_conv, "model.conv_harmonics",
               "are the channels of the band convolution: set model.frame_conv: true")
         check(all(h > 0 for h in self.conv_harmonics), "model.conv_harmonics", "must be positive multiples")
+        check(self.aux_contrast >= 0.0, "model.aux_contrast", "must be >= 0")
+        check(self.aux_contrast == 0.0 or not self.causal, "model.aux_contrast",
+              "is an extra term for masked priors (objective mlm or masked_frames)")
+        check(self.contrast_dim >= 1, "model.contrast_dim", "must be >= 1")
+        check(self.contrast_temperature > 0.0, "model.contrast_temperature", "must be > 0")
         check(self.mix_prob == 0.0 or (self.reads_frames and not self.causal), "model.mix_prob",
               "mixes windows into the frames a masked prior reads (model.inputs frames or codes+frames, "
               "objective mlm or masked_frames)")

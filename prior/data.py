@@ -20,7 +20,8 @@ class Batch:
     may be None); lengths `(B,)` valid frames; seeds `(B,)` int64: each row's masking seed; chroma
     `(B, T, S, 12)` float32 (`aux_chroma` only): each stacked mel frame's pitch-class distribution;
     frames_in `(B, T, F)` (`mix_prob` only): the frames the prior reads when they differ from the clean
-    `frames` it predicts (another window mixed in)."""
+    `frames` it predicts (another window mixed in); items `(B,)` int64 (`pairs` only): the store item each row
+    comes from, rows 2i and 2i + 1 two windows of one item."""
 
     codes: torch.Tensor | None
     frames: torch.Tensor | None
@@ -28,11 +29,13 @@ class Batch:
     seeds: torch.Tensor
     chroma: torch.Tensor | None = None
     frames_in: torch.Tensor | None = None
+    items: torch.Tensor | None = None
 
     def to(self, device) -> Batch:
         codes, frames, chroma, frames_in = (None if v is None else v.to(device, non_blocking=True)
                                             for v in (self.codes, self.frames, self.chroma, self.frames_in))
-        return Batch(codes, frames, self.lengths.to(device), self.seeds, chroma, frames_in)
+        return Batch(codes, frames, self.lengths.to(device), self.seeds, chroma, frames_in,
+                     None if self.items is None else self.items.to(device))
 
     @property
     def length(self) -> int:
@@ -99,11 +102,14 @@ class Mixer:
 
 class WindowSource:
     """Random windows of up to `max_len` frames from the given store items: their codes and/or mel frames, and
-    with `chroma` the frames' chroma (which needs the frames read)."""
+    with `chroma` the frames' chroma (which needs the frames read). With `pairs`, a batch holds two windows of each
+    of half as many items (rows 2i and 2i + 1, independent starts; items drawn without replacement where there are
+    enough), for a loss that tells windows of one recording from the rest (`aux_contrast`)."""
 
     def __init__(self, store: TokenStore, items: list[int], max_len: int, codes: bool = True, frames: bool = False,
-                 chroma: bool = False, mix: tuple[float, float] | None = None):
+                 chroma: bool = False, mix: tuple[float, float] | None = None, pairs: bool = False):
         self.store, self.items, self.max_len, self.codes, self.frames = store, items, max_len, codes, frames
+        self.pairs = pairs
         self.lengths = np.array([store.items[i].length for i in items], dtype=np.int64)
         if frames and not store.has_frames:
             raise UserError(f"{store.root}: this prior reads or predicts mel frames; the store has none "
@@ -124,7 +130,15 @@ class WindowSource:
     def batch(self, seed: int, step: int, batch_size: int, part: slice = slice(None)) -> Batch:
         """The global batch for `step` is drawn from (seed, step); `part` selects this rank's rows."""
         rng = np.random.default_rng([seed, step])
-        pick = rng.choice(len(self.items), size=batch_size, p=self.lengths / self.lengths.sum())
+        p = self.lengths / self.lengths.sum()
+        if self.pairs:
+            if batch_size % 2:
+                raise ValueError(f"a batch of pairs needs an even size, not {batch_size}")
+            n = batch_size // 2
+            pick = np.repeat(rng.choice(len(self.items), size=n, p=p, replace=n > np.count_nonzero(p)), 2)
+        else:
+            pick = rng.choice(len(self.items), size=batch_size, p=p)
+        items = pick[part]
         lens = np.minimum(self.lengths[pick], self.max_len)
         starts = rng.integers(0, self.lengths[pick] - lens + 1)
         seeds = rng.integers(0, 2**62, size=batch_size)
@@ -143,7 +157,8 @@ class WindowSource:
         return Batch(None if codes is None else torch.from_numpy(codes),
                      None if frames is None else torch.from_numpy(frames), torch.from_numpy(lens),
                      torch.from_numpy(seeds), None if self.chroma is None else torch.from_numpy(self.chroma(frames)),
-                     None if mix is None else torch.from_numpy(self._mixed(frames, lens, mix)))
+                     None if mix is None else torch.from_numpy(self._mixed(frames, lens, mix)),
+                     torch.from_numpy(items) if self.pairs else None)
 
     def _mixed(self, frames: np.ndarray, lens: np.ndarray, mix: np.ndarray) -> np.ndarray:
         """The input frames: each window, or with probability `mix_prob` it with a stretch of another mixed in."""

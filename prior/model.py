@@ -288,6 +288,9 @@ class Prior(nn.Module):
                              f"frame_dim ({cfg.frame_dim}) to hide bands")
         if cfg.aux_teacher > 0:  # regresses the teacher's targets (its own head)
             self.teacher_head = nn.Linear(cfg.dim, cfg.dim)
+        if cfg.aux_contrast > 0:  # SimCLR's projection head: the loss reads its output, the probes the states before
+            self.contrast_head = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.GELU(),
+                                               nn.Linear(cfg.dim, cfg.contrast_dim))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
         cos, sin = rotary_tables(cfg.max_len, cfg.dim // cfg.heads, cfg.rope_base)

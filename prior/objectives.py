@@ -18,6 +18,8 @@ it predicts are `cfg.input_kind` / `cfg.target_kind` (see `prior/config.py`):
   its channels, standardised, kept decorrelated;
 - `aux_bands` > 0 hides a stretch of bands at some of the frames left unmasked and adds L1 on them, from the frame
   head (masking across the bands as well as across time);
+- `aux_contrast` > 0 adds InfoNCE between recordings: each window's pooled last-layer states must find the other
+  window of its recording in the batch (`contrastive`);
 - `aux_chroma` > 0 adds the KL divergence of the predicted from the true chroma of the masked frames
   (MERT's chroma target; `prior.data.Chroma`), to either masked loss;
 - `mix_prob` > 0 (masked priors reading frames): the prior reads `batch.frames_in`, windows with another
@@ -78,10 +80,12 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
             scored = mask | banded
             banded = banded.to(lengths.device)
         mask, scored = mask.to(lengths.device), scored.to(lengths.device)
-        # `aux_visible` scores the unmasked frames too, so the last block runs everywhere
-        o = model(join_input(cfg, c_in, f_in), valid, keep=None if cfg.aux_visible > 0 else scored,
+        # `aux_visible` scores the unmasked frames too and `aux_contrast` pools every frame, so the last block runs
+        # everywhere
+        everywhere = cfg.aux_visible > 0 or cfg.aux_contrast > 0
+        o = model(join_input(cfg, c_in, f_in), valid, keep=None if everywhere else scored,
                   output_hidden_states=cfg.aux_frames_layer > 0 or cfg.aux_decorr > 0)
-        h_scored = o.hidden[scored] if cfg.aux_visible > 0 else o.hidden  # (N, D), in `scored` order
+        h_scored = o.hidden[scored] if everywhere else o.hidden  # (N, D), in `scored` order
         h = h_scored[mask[scored]] if cfg.aux_bands > 0 else h_scored  # the masked frames' states
         # `aux_frames_layer`: the frames from a lower block's output (its own LayerNorm), the codes from the last
         h_frames = unwrap(model).aux_norm(o.hidden_states[cfg.aux_frames_layer][mask]) if cfg.aux_frames_layer else h
@@ -114,6 +118,13 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
             out.loss = out.loss + cfg.aux_teacher * F.mse_loss(m.teacher_head(h).float(), target)
         if cfg.aux_decorr > 0:  # VICReg: one layer's channels decorrelated, at the frames the prior heard
             out.loss = out.loss + cfg.aux_decorr * decorrelation(o.hidden_states[cfg.aux_decorr_layer][valid & ~mask])
+        if cfg.aux_contrast > 0:  # COLA / SimCLR: which other window in the batch is from the same recording
+            if batch.items is None:
+                raise ValueError("model.aux_contrast needs batches of window pairs (WindowSource(pairs=True))")
+            w = valid[..., None].float()
+            pooled = (o.hidden.float() * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, D)
+            z = unwrap(model).contrast_head(pooled)
+            out.loss = out.loss + cfg.aux_contrast * contrastive(z, batch.items, cfg.contrast_temperature)
         if cfg.aux_chroma > 0:  # MERT's other musical target: pitch classes, octave- and loudness-free
             logp = F.log_softmax(unwrap(model).chroma_logits(h).float(), -1)  # (N, S, 12)
             out.loss = out.loss + cfg.aux_chroma * F.kl_div(logp.flatten(0, 1), batch.chroma[mask].flatten(0, 1),
@@ -135,6 +146,21 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
     if cfg.predicts_codes:
         return _code_loss(model, h, target[valid])
     return LossOutput(F.l1_loss(unwrap(model).frame_prediction(h), target[valid]), int(valid.sum()))
+
+
+def contrastive(z: torch.Tensor, items: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent over a batch of pairs: z `(B, E)`, rows 2i and 2i + 1 two views of one recording; items
+    `(B,)` the recording of each row. Each row's partner is its positive, every other row of another recording a
+    negative (rows of the same recording that are not its partner are left out of the softmax). Mean cross-entropy
+    over the rows: log(B - 1) for features that tell nothing apart, 0 when each partner is found with certainty."""
+    z = F.normalize(z.float(), dim=-1)
+    sim = z @ z.T / temperature  # (B, B)
+    b = len(z)
+    partner = torch.arange(b, device=z.device) ^ 1  # 0 <-> 1, 2 <-> 3, ...
+    same = items[:, None] == items[None, :]
+    same[torch.arange(b, device=z.device), partner] = False
+    sim = sim.masked_fill(same, float("-inf"))  # itself, and its recording's other windows but the partner
+    return F.cross_entropy(sim, partner)
 
 
 def decorrelation(h: torch.Tensor) -> torch.Tensor:

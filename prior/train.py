@@ -87,8 +87,11 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
     paths = [e.path for e in store.items]
     train_paths, valid_paths = training.split_files(paths, tc.valid_fraction, tc.seed, "pretrain")
     pos = {p: i for i, p in enumerate(paths)}
+    if mc.aux_contrast > 0 and (tc.batch_size // d.world) % 2:
+        raise ConfigError(f"model.aux_contrast pairs the windows of a batch: train.batch_size {tc.batch_size} must "
+                          f"give each of the {d.world} processes an even number")
     train_src, valid_src = (WindowSource(store, [pos[p] for p in part], mc.max_len, mc.uses_codes, mc.uses_frames,
-                                         mc.aux_chroma > 0, mix)  # validation windows stay clean
+                                         mc.aux_chroma > 0, mix, pairs=mc.aux_contrast > 0)  # validation stays clean
                             for part, mix in ((train_paths, (mc.mix_prob, mc.mix_db)), (valid_paths, None)))
     if d.is_main:
         log.info("prior data: %d train files (%d frames), %d valid files; objective %s (%s -> %s); %s%s",
@@ -165,7 +168,9 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                                                      f"{mc.teacher_decay:g})", mc.aux_teacher),
                                                     (f"decorrelation of layer {mc.aux_decorr_layer}", mc.aux_decorr),
                                                     (f"{mc.band_mask_width} bands hidden at {mc.band_mask_rate:.0%} of "
-                                                     "the unmasked frames", mc.aux_bands)) if w > 0)
+                                                     "the unmasked frames", mc.aux_bands),
+                                                    ("the other window of its recording (contrastive, temperature "
+                                                     f"{mc.contrast_temperature:g})", mc.aux_contrast)) if w > 0)
                                            + (f"; {mc.mix_prob:.0%} of training windows heard with another mixed in "
                                               f"at +-{mc.mix_db:g} dB" if mc.mix_prob > 0 else "")
                                            + ("; masked frames read as noise" if mc.mask_fill == "noise" else "")

@@ -9,7 +9,7 @@ from musetok.prior.config import PriorConfig
 from musetok.prior.data import Batch
 from musetok.prior.masking import band_mask, corrupt_codes, corrupt_frames, row_generators, span_mask
 from musetok.prior.model import WRITTEN_OUT_MAX, Prior, apply_rotary, attend, rotary_matrices, rotary_tables
-from musetok.prior.objectives import compute_loss, decorrelation
+from musetok.prior.objectives import compute_loss, contrastive, decorrelation
 from musetok.shared.config import ConfigError, load_config
 from tests.conftest import TINY_PRIOR
 
@@ -1033,3 +1033,74 @@ def test_dtype_auto_trains_as_the_cpu_allows(tmp_path, store, monkeypatch, caplo
     for k in weights["auto"]:
         torch.testing.assert_close(weights["auto"][k], weights[same][k], rtol=0, atol=0, msg=k)
     assert any(not torch.equal(weights["auto"][k], weights[other][k]) for k in weights["auto"])
+
+
+def test_contrastive_is_nt_xent_over_window_pairs():
+    """Each row's partner (2i <-> 2i + 1) is its positive; rows of other recordings are the negatives; rows of its
+    own recording that are not its partner are left out."""
+    items = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert abs(contrastive(torch.ones(8, 4), items, 0.1).item() - np.log(7)) < 1e-5  # nothing told apart
+    assert contrastive(torch.eye(4).repeat_interleave(2, 0), items, 0.1).item() < 1e-3  # partners found
+    # rows 0-3 from one recording: each sees its partner and the 4 rows of other recordings only
+    shared = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    assert abs(contrastive(torch.ones(8, 4), shared, 0.1).item() - (np.log(5) + np.log(7)) / 2) < 1e-5
+    z = torch.randn(8, 5)
+    sim = F.normalize(z, dim=-1) @ F.normalize(z, dim=-1).T / 0.5
+    rows = [-sim[i, i ^ 1] + torch.logsumexp(sim[i, [j for j in range(8) if j != i]], 0) for i in range(8)]
+    full = contrastive(z, torch.arange(8) // 2, 0.5)
+    assert torch.allclose(full, torch.stack(rows).mean(), atol=1e-5)
+    swapped = torch.tensor([1, 0, 3, 2, 5, 4, 7, 6])  # the pairs listed in the other order: the same loss
+    assert torch.allclose(full, contrastive(z[swapped], torch.arange(8) // 2, 0.5), atol=1e-6)
+
+
+def test_aux_contrast_adds_the_pooled_windows_contrastive_loss():
+    """`aux_contrast`: the loss adds w x `contrastive` of the contrast head's map of each window's last-layer states
+    averaged over its valid frames (masked ones included), and the head is trained by it."""
+    torch.manual_seed(0)
+    m = Prior(cfg(inputs="frames", aux_frames=1.0, aux_contrast=0.5, contrast_dim=8, contrast_temperature=0.2))
+    codes, frames = torch.randint(0, 16, (4, 2, 20)), torch.randn(4, 20, 12)
+    items = torch.tensor([3, 3, 7, 7])
+    batch = Batch(codes, frames, torch.tensor([20, 13, 20, 17]), torch.arange(4), items=items)
+    out, without = with_and_without(m, batch, "aux_contrast")
+    f_in, _ = heard(m, batch)
+    valid = torch.arange(20)[None] < batch.lengths[:, None]
+    h = m(f_in, valid).hidden
+    pooled = torch.stack([h[b, :n].mean(0) for b, n in enumerate(batch.lengths.tolist())])
+    assert torch.allclose(out.loss - without, 0.5 * contrastive(m.contrast_head(pooled), items, 0.2), atol=1e-5)
+    out.loss.backward()
+    assert m.contrast_head[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="aux_contrast"):
+        compute_loss(m, Batch(codes, frames, batch.lengths, torch.arange(4)))
+    with pytest.raises(ConfigError, match="aux_contrast"):
+        cfg(objective="ar", aux_contrast=1.0)
+    with pytest.raises(ConfigError, match="contrast_temperature"):
+        cfg(aux_contrast=1.0, contrast_temperature=0.0)
+
+
+def test_window_pairs_are_two_windows_of_each_recording(store):
+    from musetok.prior.data import WindowSource
+    from musetok.shared.token_store import TokenStore
+    st = TokenStore(store)
+    src = WindowSource(st, list(range(len(st))), 32, frames=True, pairs=True)
+    b = src.batch(0, 3, 8)
+    items = b.items.tolist()
+    assert items[0::2] == items[1::2] and len(set(items[0::2])) == 4  # 4 recordings, none twice (10 to draw from)
+    assert not torch.equal(b.frames[0], b.frames[1])  # two windows, not one twice
+    # the windows are the store's: each row is a stretch of its item's frames
+    for row, j in enumerate(items):
+        whole = st.frames_window(j, 0, st.items[j].length)
+        n = int(b.lengths[row])
+        assert any(np.array_equal(whole[s:s + n], b.frames[row, :n].numpy()) for s in range(len(whole) - n + 1))
+    few = WindowSource(st, [0, 1], 32, frames=True, pairs=True).batch(0, 0, 8)  # 4 pairs from 2 recordings
+    assert set(few.items.tolist()) <= {0, 1} and few.items.tolist()[0::2] == few.items.tolist()[1::2]
+    with pytest.raises(ValueError, match="even"):
+        src.batch(0, 0, 7)
+    assert src.batch(0, 3, 8, slice(4, 8)).items.tolist() == items[4:]  # a rank's rows keep their pairs
+
+
+def test_an_aux_contrast_prior_trains_and_says_so(tmp_path, store):
+    r, card = _train_frames_prior(tmp_path, store, "model.aux_contrast=1.0", "train.batch_size=4")
+    assert np.isfinite(r.valid_loss) and r.valid_accuracy > 0
+    assert "| reads -> predicts | frames -> codes + 1 x the other window of its recording" in card
+    with pytest.raises(ConfigError, match="batch_size 3"):
+        _train_frames_prior(tmp_path / "odd", store, "model.aux_contrast=1.0", "train.batch_size=3")
