@@ -375,7 +375,8 @@ class Prior(nn.Module):
             cos, sin = cos.to(dtype), sin.to(dtype)
         rot = rotary_matrices(cos, sin) if writes_out(h, t) else None  # once for all blocks
         attn_mask = None
-        if valid is not None and not bool(valid.all()):
+        # (under torch.compile a given mask is used as it is: testing it would break the graph)
+        if valid is not None and (torch.compiler.is_compiling() or not bool(valid.all())):
             attn_mask = valid[:, None, None, :]  # (B, 1, 1, T): keys that may be attended to
             if self.cfg.causal:
                 attn_mask = attn_mask & torch.ones(t, t, dtype=torch.bool, device=h.device).tril()

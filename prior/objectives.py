@@ -81,9 +81,11 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
             banded = banded.to(lengths.device)
         mask, scored = mask.to(lengths.device), scored.to(lengths.device)
         # `aux_visible` scores the unmasked frames too and `aux_contrast` pools every frame, so the last block runs
-        # everywhere
-        everywhere = cfg.aux_visible > 0 or cfg.aux_contrast > 0
-        o = model(join_input(cfg, c_in, f_in), valid, keep=None if everywhere else scored,
+        # everywhere; so it does under torch.compile, where `keep`'s data-dependent sizes would break the graph (the
+        # scored states are picked out here instead, outside it). With no padding no mask is passed, for the same reason
+        everywhere = cfg.aux_visible > 0 or cfg.aux_contrast > 0 or hasattr(model, "_orig_mod")
+        o = model(join_input(cfg, c_in, f_in), None if bool(valid.all()) else valid,
+                  keep=None if everywhere else scored,
                   output_hidden_states=cfg.aux_frames_layer > 0 or cfg.aux_decorr > 0)
         h_scored = o.hidden[scored] if everywhere else o.hidden  # (N, D), in `scored` order
         h = h_scored[mask[scored]] if cfg.aux_bands > 0 else h_scored  # the masked frames' states
@@ -141,8 +143,12 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
     else:
         target = frames[:, shift:]                                # (B, T', F)
     valid = _valid(lengths - shift, target.shape[1])
-    h = model(join_input(cfg, c_in, f_in), valid, keep=valid if not bool(valid.all()) else None).hidden
-    h = h if h.dim() == 2 else h.reshape(-1, h.shape[-1])  # (N, D), in valid order
+    padded = not bool(valid.all())
+    # as above: under torch.compile the valid positions are picked out here, not by `keep` inside the graph
+    compiled = hasattr(model, "_orig_mod")
+    h = model(join_input(cfg, c_in, f_in), valid if padded else None,
+              keep=valid if padded and not compiled else None).hidden
+    h = h if h.dim() == 2 else h[valid] if padded else h.reshape(-1, h.shape[-1])  # (N, D), in valid order
     if cfg.predicts_codes:
         return _code_loss(model, h, target[valid])
     return LossOutput(F.l1_loss(unwrap(model).frame_prediction(h), target[valid]), int(valid.sum()))
