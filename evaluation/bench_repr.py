@@ -127,6 +127,9 @@ PRIORS["frames_codes_conv16"] = _variant("frames_codes_conv", "model.conv_channe
 # eager HF BERT against 1.053x, but -0.003 over the 9 cells (benchmarks/levers.md), so `small` keeps 16.
 PRIORS["frames_codes_conv8"] = _variant("frames_codes_conv", "model.conv_channels=8",
                                         row="prior: frames -> codes + frames, conv front-end, 8 channels (mlm)")
+# Two convolutions along the bands instead of one (MusicFM / MuQ stack two), the recommended prior otherwise.
+PRIORS["frames_codes_conv16_2l"] = _variant("frames_codes_conv16", "model.conv_layers=2",
+                                            row="prior: frames -> codes + frames, two conv layers, 16 channels (mlm)")
 PRIORS["frames_codes_conv_s4"] = _variant("frames_codes_conv", "model.conv_stride=4",
                                           row="prior: frames -> codes + frames, conv front-end, stride 4 (mlm)")
 # The convolution over harmonically stacked bands (Bittner et al.'s HCQT, as deep-salience pitch trackers read it):

@@ -51,6 +51,8 @@ class PriorConfig:
     frame_conv: bool = False
     conv_channels: int = 32         # frame_conv: channels of its convolution
     conv_stride: int = 2            # frame_conv: its step along the bands (the map to dim reads bands / stride)
+    conv_layers: int = 1            # frame_conv: convolutions stacked (each after the first: channels -> channels,
+    #                                 kernel 7, stride 1, GELU), as MusicFM / MuQ stack two
     # frame_conv on semitone bands: harmonic stacking (Bittner et al.'s HCQT): beside each band, the bands at these
     # multiples of its frequency (12 log2 h semitones up or down) as more input channels, so one filter can match a
     # note's harmonics at every pitch; () = the bands alone. Deep-salience pitch trackers use (0.5, 1, 2, 3, 4, 5)
@@ -172,6 +174,7 @@ class PriorConfig:
         check(not self.frame_conv or self.reads_frames, "model.frame_conv",
               "is a front-end for the frames a prior reads (model.inputs frames or codes+frames)")
         check(self.conv_channels >= 1, "model.conv_channels", "must be >= 1")
+        check(self.conv_layers >= 1, "model.conv_layers", "must be >= 1")
         check(1 <= self.conv_stride <= 7, "model.conv_stride", "must be 1 to 7 (the kernel spans 7 bands)")
         check(not self.conv_harmonics or self.frame_conv, "model.conv_harmonics",
               "are the channels of the band convolution: set model.frame_conv: true")

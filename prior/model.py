@@ -208,7 +208,8 @@ def random_quantizer(cfg: PriorConfig) -> tuple[torch.Tensor, torch.Tensor]:
 class FrameConv(nn.Module):
     """A convolutional front-end in the manner of MusicFM / MuQ's, along frequency only: each position's stacked
     frames (S frames of M bands, as channels) -> one convolution along the bands (kernel 7, stride
-    `conv_stride`), GELU -> a linear map to `dim`. Its filters are shared across the bands, so a spectral shape
+    `conv_stride`), GELU (and with `conv_layers` > 1 more convolutions along the bands, channels to channels, each
+    followed by GELU) -> a linear map to `dim`. Its filters are shared across the bands, so a spectral shape
     learned at one pitch is found at every pitch, while where along the bands it fires (so the pitch) survives in
     the flattened map.
     Positions do not mix: masked frames stay masked. (Two convolutions cost about twice the step on CPU.)"""
@@ -223,6 +224,8 @@ class FrameConv(nn.Module):
         self.shifts = [round(12 * math.log2(h)) for h in cfg.conv_harmonics] or [0]
         self.conv = nn.Conv1d(cfg.frame_dim // self.bands * len(self.shifts), cfg.conv_channels, 7,
                               stride=cfg.conv_stride, padding=3)
+        self.more = nn.ModuleList(nn.Conv1d(cfg.conv_channels, cfg.conv_channels, 7, padding=3)
+                                  for _ in range(cfg.conv_layers - 1))
         positions = (self.bands - 1) // cfg.conv_stride + 1  # (bands + 2 * 3 - 7) // stride + 1
         self.out = nn.Linear(cfg.conv_channels * positions, cfg.dim)
 
@@ -242,7 +245,10 @@ class FrameConv(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """`(..., S * M)` -> `(..., dim)`."""
         x = self.stack(frames.reshape(-1, frames.shape[-1] // self.bands, self.bands))
-        return self.out(F.gelu(self.conv(x)).flatten(1)).reshape(*frames.shape[:-1], -1)
+        x = F.gelu(self.conv(x))
+        for conv in self.more:
+            x = F.gelu(conv(x))
+        return self.out(x.flatten(1)).reshape(*frames.shape[:-1], -1)
 
 
 class Prior(nn.Module):

@@ -177,7 +177,9 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                                            + {"learned": "", "fixed": "; frames through a fixed random orthogonal "
                                               "projection", "split": "; frames through a fixed random orthogonal "
                                               "projection beside a learned one (half the width each)"}[mc.input_proj]
-                                           + ("; plus a convolution along their bands" if mc.frame_conv else "")
+                                           + (("; plus a convolution along their bands" if mc.conv_layers == 1 else
+                                               f"; plus {mc.conv_layers} stacked convolutions along their bands")
+                                              if mc.frame_conv else "")
                                            + (f" and their harmonics {', '.join(f'{h:g}' for h in mc.conv_harmonics)}"
                                               if mc.conv_harmonics else ""),
                       "validation": metrics_txt, "tokenizer id": mc.tokenizer_id,

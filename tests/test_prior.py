@@ -1127,3 +1127,28 @@ def test_the_training_forward_compiles_to_one_graph(objective, lengths):
     assert torch.allclose(compiled.loss, eager.loss, atol=1e-5) and compiled.targets == eager.targets
     assert all(torch.allclose(p.grad, g, atol=1e-5) for p, g in zip((p for p in m.parameters() if p.grad is not None),
                                                                    grads))
+
+
+def test_stacked_band_convolutions(tmp_path, store):
+    """`conv_layers: 2`: a second convolution along the bands (channels to channels, stride 1) after the first, each
+    followed by GELU; the map still moves with the bands, the first convolution keeps its name (checkpoints of one
+    layer load as before), and the card says so."""
+    torch.manual_seed(0)
+    m = Prior(cfg(inputs="frames", frame_conv=True, frame_dim=80, frame_bands=40, conv_channels=4, conv_layers=2))
+    fc = m.proj_conv
+    assert len(fc.more) == 1 and (fc.more[0].in_channels, fc.more[0].out_channels, fc.more[0].stride) == (4, 4, (1,))
+    assert fc.out.in_features == 4 * 20
+    frames = torch.randn(3, 5, 2, 40)
+    with torch.no_grad():
+        maps = [F.gelu(fc.more[0](F.gelu(fc.conv(f.flatten(0, 1))))) for f in (frames, torch.roll(frames, 2, -1))]
+        assert torch.allclose(fc(frames.flatten(2)), fc.out(maps[0].flatten(1)).reshape(3, 5, -1), atol=1e-6)
+    # two bands up: one step of the map, away from the edges (where the roll wraps) and their reach through both layers
+    assert torch.allclose(maps[0][..., 6:-6], maps[1][..., 7:-5], atol=1e-5)
+    assert not torch.allclose(maps[0][..., 6:-6], maps[1][..., 6:-6], atol=1e-3)
+    assert set(Prior(cfg(inputs="frames", frame_conv=True, frame_dim=80, frame_bands=40)).state_dict()) < \
+        set(m.state_dict())
+    with pytest.raises(ConfigError, match="model.conv_layers"):
+        cfg(inputs="frames", frame_conv=True, conv_layers=0)
+    _, card = _train_frames_prior(tmp_path, store, "model.frame_conv=true", "model.conv_layers=2",
+                                  "model.conv_channels=4")
+    assert "plus 2 stacked convolutions along their bands" in card
