@@ -130,6 +130,10 @@ PRIORS["frames_codes_conv8"] = _variant("frames_codes_conv", "model.conv_channel
 # Two convolutions along the bands instead of one (MusicFM / MuQ stack two), the recommended prior otherwise.
 PRIORS["frames_codes_conv16_2l"] = _variant("frames_codes_conv16", "model.conv_layers=2",
                                             row="prior: frames -> codes + frames, two conv layers, 16 channels (mlm)")
+# The recommended prior's convolution at stride 1: every band a position of the map (100 x 16 features, not 50 x 16).
+PRIORS["frames_codes_conv16_s1"] = _variant("frames_codes_conv16", "model.conv_stride=1",
+                                            row="prior: frames -> codes + frames, conv front-end at stride 1, 16 "
+                                                "channels (mlm)")
 PRIORS["frames_codes_conv_s4"] = _variant("frames_codes_conv", "model.conv_stride=4",
                                           row="prior: frames -> codes + frames, conv front-end, stride 4 (mlm)")
 # The convolution over harmonically stacked bands (Bittner et al.'s HCQT, as deep-salience pitch trackers read it):
