@@ -134,6 +134,10 @@ PRIORS["frames_codes_conv16_2l"] = _variant("frames_codes_conv16", "model.conv_l
 PRIORS["frames_codes_conv16_s1"] = _variant("frames_codes_conv16", "model.conv_stride=1",
                                             row="prior: frames -> codes + frames, conv front-end at stride 1, 16 "
                                                 "channels (mlm)")
+# The recommended prior with its convolution's linear map to the width frozen at its random init.
+PRIORS["frames_codes_conv16_outfixed"] = _variant("frames_codes_conv16", "model.conv_out_fixed=true",
+                                                  row="prior: frames -> codes + frames, conv front-end, 16 channels, "
+                                                      "fixed map to the width (mlm)")
 PRIORS["frames_codes_conv_s4"] = _variant("frames_codes_conv", "model.conv_stride=4",
                                           row="prior: frames -> codes + frames, conv front-end, stride 4 (mlm)")
 # The convolution over harmonically stacked bands (Bittner et al.'s HCQT, as deep-salience pitch trackers read it):

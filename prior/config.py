@@ -51,6 +51,9 @@ class PriorConfig:
     frame_conv: bool = False
     conv_channels: int = 32         # frame_conv: channels of its convolution
     conv_stride: int = 2            # frame_conv: its step along the bands (the map to dim reads bands / stride)
+    # frame_conv: the linear map from the convolution's map to dim frozen at its random init (the filters still
+    # learn): a random expansion of the map keeps pitch for a probe, which the trained map gives up for timbre
+    conv_out_fixed: bool = False
     conv_layers: int = 1            # frame_conv: convolutions stacked (each after the first: channels -> channels,
     #                                 kernel 7, stride 1, GELU), as MusicFM / MuQ stack two
     # frame_conv on semitone bands: harmonic stacking (Bittner et al.'s HCQT): beside each band, the bands at these
@@ -175,6 +178,8 @@ class PriorConfig:
               "is a front-end for the frames a prior reads (model.inputs frames or codes+frames)")
         check(self.conv_channels >= 1, "model.conv_channels", "must be >= 1")
         check(self.conv_layers >= 1, "model.conv_layers", "must be >= 1")
+        check(not self.conv_out_fixed or self.frame_conv, "model.conv_out_fixed",
+              "freezes the band convolution's map to the width: set model.frame_conv: true")
         check(1 <= self.conv_stride <= 7, "model.conv_stride", "must be 1 to 7 (the kernel spans 7 bands)")
         check(not self.conv_harmonics or self.frame_conv, "model.conv_harmonics",
               "are the channels of the band convolution: set model.frame_conv: true")

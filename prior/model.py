@@ -315,6 +315,8 @@ class Prior(nn.Module):
             frozen = self.proj_in if cfg.input_proj == "fixed" else self.proj_fixed
             nn.init.orthogonal_(frozen.weight, gain=0.02 * max(frozen.weight.shape) ** 0.5)
             frozen.requires_grad_(False)
+        if cfg.frame_conv and cfg.conv_out_fixed:
+            self.proj_conv.out.requires_grad_(False)
         if cfg.aux_teacher > 0:  # data2vec: the teacher starts as the student and follows it by EMA (`update_teacher`)
             teacher = Prior(replace(cfg, aux_teacher=0.0))
             teacher.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("teacher_head.")})

@@ -179,6 +179,7 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                                               "projection beside a learned one (half the width each)"}[mc.input_proj]
                                            + (("; plus a convolution along their bands" if mc.conv_layers == 1 else
                                                f"; plus {mc.conv_layers} stacked convolutions along their bands")
+                                              + (" (its map to the width fixed at random)" if mc.conv_out_fixed else "")
                                               if mc.frame_conv else "")
                                            + (f" and their harmonics {', '.join(f'{h:g}' for h in mc.conv_harmonics)}"
                                               if mc.conv_harmonics else ""),

@@ -1152,3 +1152,26 @@ def test_stacked_band_convolutions(tmp_path, store):
     _, card = _train_frames_prior(tmp_path, store, "model.frame_conv=true", "model.conv_layers=2",
                                   "model.conv_channels=4")
     assert "plus 2 stacked convolutions along their bands" in card
+
+
+def test_a_fixed_conv_map_to_the_width_stays_as_drawn_while_the_filters_train(tmp_path, store):
+    """`conv_out_fixed`: the band convolution's linear map to the width is frozen at its draw; its filters, and the
+    rest of the prior, train."""
+    from musetok.prior.builder import load_prior
+    from musetok.prior.train import PriorRunConfig, train_prior
+    over = TINY_PRIOR + ["model.inputs=frames", "model.aux_frames=1.0", "train.steps=15", "model.max_len=32",
+                         "model.frame_conv=true", "model.conv_channels=4", "model.conv_out_fixed=true"]
+    run = load_config(PriorRunConfig, None, over)
+    train_prior(run, store, tmp_path / "p", progress=False, stop_at=1)
+    early = load_prior(tmp_path / "p")
+    r = train_prior(run, store, tmp_path / "p", resume=True, progress=False)
+    late = load_prior(tmp_path / "p")
+    assert r.steps == 15 and np.isfinite(r.valid_loss)
+    assert not late.proj_conv.out.weight.requires_grad and late.proj_conv.conv.weight.requires_grad
+    assert torch.equal(early.proj_conv.out.weight, late.proj_conv.out.weight)
+    assert torch.equal(early.proj_conv.out.bias, late.proj_conv.out.bias)
+    assert not torch.equal(early.proj_conv.conv.weight, late.proj_conv.conv.weight)  # the filters learn
+    assert not torch.equal(early.proj_in.weight, late.proj_in.weight)
+    assert "(its map to the width fixed at random)" in (tmp_path / "p" / "README.md").read_text()
+    with pytest.raises(ConfigError, match="model.conv_out_fixed"):
+        cfg(inputs="frames", conv_out_fixed=True)
