@@ -212,7 +212,7 @@ class FrameConv(nn.Module):
     followed by GELU) -> a linear map to `dim`. Its filters are shared across the bands, so a spectral shape
     learned at one pitch is found at every pitch, while where along the bands it fires (so the pitch) survives in
     the flattened map.
-    Positions do not mix: masked frames stay masked. (Two convolutions cost about twice the step on CPU.)"""
+    Positions do not mix: masked frames stay masked. (`conv_layers: 2` took the `small` bf16 step from 50 to 57 ms.)"""
 
     def __init__(self, cfg: PriorConfig):
         super().__init__()

@@ -60,6 +60,7 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
     `mask_fill: noise`) and score the masked frames only; causal ones predict the target `shift` frames ahead
     from the past."""
     cfg = unwrap(model).cfg
+    compiled = hasattr(model, "_orig_mod")  # torch.compile: no data-dependent sizes inside the model's graph
     codes, frames, lengths = batch.codes, batch.frames, batch.lengths
     t = batch.length
     if not cfg.causal:
@@ -83,7 +84,7 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
         # `aux_visible` scores the unmasked frames too and `aux_contrast` pools every frame, so the last block runs
         # everywhere; so it does under torch.compile, where `keep`'s data-dependent sizes would break the graph (the
         # scored states are picked out here instead, outside it). With no padding no mask is passed, for the same reason
-        everywhere = cfg.aux_visible > 0 or cfg.aux_contrast > 0 or hasattr(model, "_orig_mod")
+        everywhere = cfg.aux_visible > 0 or cfg.aux_contrast > 0 or compiled
         o = model(join_input(cfg, c_in, f_in), None if bool(valid.all()) else valid,
                   keep=None if everywhere else scored,
                   output_hidden_states=cfg.aux_frames_layer > 0 or cfg.aux_decorr > 0)
@@ -145,7 +146,6 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
     valid = _valid(lengths - shift, target.shape[1])
     padded = not bool(valid.all())
     # as above: under torch.compile the valid positions are picked out here, not by `keep` inside the graph
-    compiled = hasattr(model, "_orig_mod")
     h = model(join_input(cfg, c_in, f_in), valid if padded else None,
               keep=valid if padded and not compiled else None).hidden
     h = h if h.dim() == 2 else h[valid] if padded else h.reshape(-1, h.shape[-1])  # (N, D), in valid order
