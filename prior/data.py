@@ -138,7 +138,6 @@ class WindowSource:
             pick = np.repeat(rng.choice(len(self.items), size=n, p=p, replace=n > np.count_nonzero(p)), 2)
         else:
             pick = rng.choice(len(self.items), size=batch_size, p=p)
-        items = pick[part]
         lens = np.minimum(self.lengths[pick], self.max_len)
         starts = rng.integers(0, self.lengths[pick] - lens + 1)
         seeds = rng.integers(0, 2**62, size=batch_size)
@@ -158,7 +157,7 @@ class WindowSource:
                      None if frames is None else torch.from_numpy(frames), torch.from_numpy(lens),
                      torch.from_numpy(seeds), None if self.chroma is None else torch.from_numpy(self.chroma(frames)),
                      None if mix is None else torch.from_numpy(self._mixed(frames, lens, mix)),
-                     torch.from_numpy(items) if self.pairs else None)
+                     torch.from_numpy(np.asarray(self.items, dtype=np.int64)[pick]) if self.pairs else None)
 
     def _mixed(self, frames: np.ndarray, lens: np.ndarray, mix: np.ndarray) -> np.ndarray:
         """The input frames: each window, or with probability `mix_prob` it with a stretch of another mixed in."""

@@ -1091,8 +1091,8 @@ def test_window_pairs_are_two_windows_of_each_recording(store):
         whole = st.frames_window(j, 0, st.items[j].length)
         n = int(b.lengths[row])
         assert any(np.array_equal(whole[s:s + n], b.frames[row, :n].numpy()) for s in range(len(whole) - n + 1))
-    few = WindowSource(st, [0, 1], 32, frames=True, pairs=True).batch(0, 0, 8)  # 4 pairs from 2 recordings
-    assert set(few.items.tolist()) <= {0, 1} and few.items.tolist()[0::2] == few.items.tolist()[1::2]
+    few = WindowSource(st, [3, 5], 32, frames=True, pairs=True).batch(0, 0, 8)  # 4 pairs from 2 recordings
+    assert set(few.items.tolist()) <= {3, 5} and few.items.tolist()[0::2] == few.items.tolist()[1::2]  # store ids
     with pytest.raises(ValueError, match="even"):
         src.batch(0, 0, 7)
     assert src.batch(0, 3, 8, slice(4, 8)).items.tolist() == items[4:]  # a rank's rows keep their pairs
