@@ -138,6 +138,11 @@ PRIORS["frames_codes_conv16_s1"] = _variant("frames_codes_conv16", "model.conv_s
 PRIORS["frames_codes_conv16_outfixed"] = _variant("frames_codes_conv16", "model.conv_out_fixed=true",
                                                   row="prior: frames -> codes + frames, conv front-end, 16 channels, "
                                                       "fixed map to the width (mlm)")
+# The recommended prior trained on windows transposed by up to +-4 semitones (`model.pitch_shift`: its frames moved
+# along the semitone bands, the code targets kept): pitch-shift augmentation, for more pitches of every sound.
+PRIORS["frames_codes_conv16_shift"] = _variant("frames_codes_conv16", "model.pitch_shift=4",
+                                               row="prior: frames -> codes + frames, conv front-end, 16 channels, "
+                                                   "windows transposed +-4 semitones (mlm)")
 PRIORS["frames_codes_conv_s4"] = _variant("frames_codes_conv", "model.conv_stride=4",
                                           row="prior: frames -> codes + frames, conv front-end, stride 4 (mlm)")
 # The convolution over harmonically stacked bands (Bittner et al.'s HCQT, as deep-salience pitch trackers read it):

@@ -104,6 +104,10 @@ class PriorConfig:
     contrast_temperature: float = 0.1
     mix_prob: float = 0.0           # masked priors reading frames: chance a training window's input gets a stretch
     mix_db: float = 5.0             #   of another mixed in, at +-mix_db dB (WavLM / MERT); its targets stay clean
+    # priors reading the frames of a semitone store: each training window transposed by a whole number of semitones
+    # drawn uniformly from -pitch_shift..pitch_shift (its frames moved along the bands; `prior.data.Transposer`),
+    # the code targets left as they are: more pitches for every sound in a few hours of audio
+    pitch_shift: int = 0
     rpq_codebooks: int = 1          # targets=random: BEST-RQ's frozen random-projection quantisers
     rpq_size: int = 512             #   codes per quantiser
     rpq_dim: int = 16               #   projection size
@@ -192,6 +196,10 @@ class PriorConfig:
         check(self.mix_prob == 0.0 or (self.reads_frames and not self.causal), "model.mix_prob",
               "mixes windows into the frames a masked prior reads (model.inputs frames or codes+frames, "
               "objective mlm or masked_frames)")
+        check(0 <= self.pitch_shift <= 24, "model.pitch_shift", "must be 0 to 24 semitones")
+        check(self.pitch_shift == 0 or self.input_kind == "frames", "model.pitch_shift",
+              "transposes the frames a prior reads (model.inputs frames; with codes+frames the input codes would "
+              "not follow)")
         check(self.rpq_codebooks >= 1 and self.rpq_size >= 2 and self.rpq_dim >= 1, "model.rpq_size",
               "random-projection targets need rpq_codebooks >= 1, rpq_size >= 2, rpq_dim >= 1")
 

@@ -100,14 +100,46 @@ class Mixer:
         return out
 
 
+class Transposer:
+    """Pitch-shift augmentation for a semitone store: a window's frames moved `k` bands (semitones) up or down, in
+    log power, the `|k|` bands left empty at the edge set to the window's quietest level. Only the frames change
+    (what the prior reads and its frame targets; chroma is computed after); the code targets stay the clean
+    window's, which the one-codebook VQ-VAE mostly keeps apart by timbre, not pitch."""
+
+    def __init__(self, meta: StoreMeta, where: str, semitones: int):
+        if not meta.frames_pitch_class:
+            raise UserError(f"{where}: model.pitch_shift moves frames along semitone bands, which only a store of a "
+                            "semitone tokenizer (mel.scale: semitone) written by `tokenize --with-frames` has")
+        self.mean, self.std = _log_power(meta, where, "model.pitch_shift")
+        self.semitones = semitones
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """`(n,)` shifts in -semitones..semitones, drawn for the whole global batch (as `Mixer.draw`)."""
+        return rng.integers(-self.semitones, self.semitones + 1, size=n)
+
+    def __call__(self, frames: np.ndarray, k: int) -> np.ndarray:
+        """frames `(n, S * bands)` normalised -> the same frames `k` semitones higher (lower for k < 0)."""
+        if k == 0:
+            return frames
+        bands = len(self.mean)
+        logp = frames.reshape(len(frames), -1, bands) * self.std + self.mean  # (n, S, bands)
+        out = np.full_like(logp, logp.min())
+        if k > 0:
+            out[..., k:] = logp[..., :bands - k]
+        else:
+            out[..., :bands + k] = logp[..., -k:]
+        return ((out - self.mean) / self.std).reshape(frames.shape)
+
+
 class WindowSource:
     """Random windows of up to `max_len` frames from the given store items: their codes and/or mel frames, and
     with `chroma` the frames' chroma (which needs the frames read). With `pairs`, a batch holds two windows of each
     of half as many items (rows 2i and 2i + 1, independent starts; items drawn without replacement where there are
-    enough), for a loss that tells windows of one recording from the rest (`aux_contrast`)."""
+    enough), for a loss that tells windows of one recording from the rest (`aux_contrast`). With `shift` > 0 each
+    window is transposed by up to that many semitones (`Transposer`; `model.pitch_shift`)."""
 
     def __init__(self, store: TokenStore, items: list[int], max_len: int, codes: bool = True, frames: bool = False,
-                 chroma: bool = False, mix: tuple[float, float] | None = None, pairs: bool = False):
+                 chroma: bool = False, mix: tuple[float, float] | None = None, pairs: bool = False, shift: int = 0):
         self.store, self.items, self.max_len, self.codes, self.frames = store, items, max_len, codes, frames
         self.pairs = pairs
         self.lengths = np.array([store.items[i].length for i in items], dtype=np.int64)
@@ -122,6 +154,9 @@ class WindowSource:
             raise ValueError("mixing changes the frames the prior reads: ask for frames too")
         self.mixer = Mixer(store.meta, str(store.root / "meta.json"), *mix) if mix else None
         self.cum_weights = np.cumsum(self.lengths) / self.lengths.sum()  # a mixed-in file is drawn by its length
+        if shift and not frames:
+            raise ValueError("transposing moves the frames: ask for frames too")
+        self.transposer = Transposer(store.meta, str(store.root / "meta.json"), shift) if shift else None
 
     @property
     def frames_total(self) -> int:
@@ -142,6 +177,7 @@ class WindowSource:
         starts = rng.integers(0, self.lengths[pick] - lens + 1)
         seeds = rng.integers(0, 2**62, size=batch_size)
         mix = self.mixer.draw(rng, batch_size)[part] if self.mixer else None
+        shifts = self.transposer.draw(rng, batch_size)[part] if self.transposer else None
         pick, lens, starts, seeds = pick[part], lens[part], starts[part], seeds[part]
         batch_size = len(pick)
         t = int(lens.max())
@@ -151,6 +187,8 @@ class WindowSource:
             start = int(start)
             if frames is not None:
                 frames[b, :n] = self.store.frames_window(self.items[j], start, n)
+                if shifts is not None:
+                    frames[b, :n] = self.transposer(frames[b, :n], int(shifts[b]))
             if codes is not None:
                 codes[b, :, :n] = self.store.window(self.items[j], start, n)
         return Batch(None if codes is None else torch.from_numpy(codes),

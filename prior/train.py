@@ -91,8 +91,9 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
         raise ConfigError(f"model.aux_contrast pairs the windows of a batch: train.batch_size {tc.batch_size} must "
                           f"give each of the {d.world} processes an even number")
     train_src, valid_src = (WindowSource(store, [pos[p] for p in part], mc.max_len, mc.uses_codes, mc.uses_frames,
-                                         mc.aux_chroma > 0, mix, pairs=mc.aux_contrast > 0)  # validation stays clean
-                            for part, mix in ((train_paths, (mc.mix_prob, mc.mix_db)), (valid_paths, None)))
+                                         mc.aux_chroma > 0, mix, pairs=mc.aux_contrast > 0, shift=shift)
+                            for part, mix, shift in ((train_paths, (mc.mix_prob, mc.mix_db), mc.pitch_shift),
+                                                     (valid_paths, None, 0)))  # validation stays clean
     if d.is_main:
         log.info("prior data: %d train files (%d frames), %d valid files; objective %s (%s -> %s); %s%s",
                  len(train_paths), train_src.frames_total, len(valid_paths), mc.objective, mc.input_kind,
@@ -173,6 +174,8 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                                                      f"{mc.contrast_temperature:g})", mc.aux_contrast)) if w > 0)
                                            + (f"; {mc.mix_prob:.0%} of training windows heard with another mixed in "
                                               f"at +-{mc.mix_db:g} dB" if mc.mix_prob > 0 else "")
+                                           + (f"; training windows transposed by up to +-{mc.pitch_shift} semitones"
+                                              if mc.pitch_shift else "")
                                            + ("; masked frames read as noise" if mc.mask_fill == "noise" else "")
                                            + {"learned": "", "fixed": "; frames through a fixed random orthogonal "
                                               "projection", "split": "; frames through a fixed random orthogonal "

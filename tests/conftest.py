@@ -93,3 +93,27 @@ def prior_dirs(tmp_path_factory, store):
         train_prior(run, store, root / name, progress=False)
         out[name] = root / name
     return out
+
+
+SEMITONE = ["model.mel.scale=semitone", "model.mel.n_fft=2048", "model.mel.n_mels=80"]
+
+
+@pytest.fixture(scope="session")
+def semitone_store(tmp_path_factory):
+    """Tones of A3 (220 Hz) and C#4 (277 Hz) tokenized with a semitone tokenizer (untrained weights; a normaliser
+    that is not the identity, so the chroma has to undo it)."""
+    from musetok.shared.config import load_config
+    from musetok.shared.normalize import MelStats
+    from musetok.tokenizer.builder import build_tokenizer
+    from musetok.tokenizer.encode_corpus import tokenize_corpus
+    from musetok.tokenizer.train import TokenizerRunConfig
+
+    root = tmp_path_factory.mktemp("semitone")
+    for i, f0 in enumerate((220.0, 277.18, 220.0, 277.18)):
+        write(root / "audio" / f"{i}.wav", tone(3.0, f0, seed=i))
+    cfg = load_config(TokenizerRunConfig, None, TINY_TOKENIZER + SEMITONE).model
+    rng = np.random.default_rng(0)
+    stats = MelStats(rng.uniform(-8, -2, 80).astype(np.float32), rng.uniform(1, 3, 80).astype(np.float32), 1)
+    model = build_tokenizer(cfg, stats).eval()
+    tokenize_corpus(model, root / "audio", root / "store", workers=0, progress=False, with_frames=True)
+    return root / "store", cfg.mel, stats

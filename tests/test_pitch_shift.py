@@ -1,0 +1,112 @@
+"""Pitch-shift augmentation (`model.pitch_shift`): training windows of a semitone store transposed by whole
+semitones, their frames moved along the bands in log power, the code targets left as they are."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from musetok.prior.config import PriorConfig
+from musetok.prior.data import Transposer, WindowSource
+from musetok.shared.config import ConfigError, load_config
+from musetok.shared.errors import UserError
+from musetok.shared.token_store import StoreMeta, TokenStore
+from tests.conftest import TINY_PRIOR
+
+BANDS = 6
+
+
+def meta(pitch_class=True) -> StoreMeta:
+    return StoreMeta(kind="mel", format_version=1, tokenizer_id="t", codebook_size=8, num_codebooks=1,
+                     frame_rate=10.0, frames_dim=2 * BANDS, frames_mean=[-3.0, -2.0, -4.0, -1.0, -5.0, -2.5],
+                     frames_std=[2.0, 1.0, 0.5, 3.0, 1.5, 1.0],
+                     frames_pitch_class=list(range(BANDS)) if pitch_class else [])
+
+
+def test_a_transposed_frame_is_the_same_log_power_some_bands_over():
+    m = meta()
+    t = Transposer(m, "meta.json", 3)
+    rng = np.random.default_rng(0)
+    frames = rng.standard_normal((5, 2 * BANDS)).astype(np.float32)  # normalised, 2 stacked frames of 6 bands
+    logp = lambda x: x.reshape(len(x), 2, BANDS) * m.frames_std + m.frames_mean  # noqa: E731
+    np.testing.assert_array_equal(t(frames, 0), frames)
+    up, down = logp(t(frames, 2)), logp(t(frames, -1))
+    np.testing.assert_allclose(up[..., 2:], logp(frames)[..., :-2], rtol=1e-5, atol=1e-5)  # band b -> b + 2
+    np.testing.assert_allclose(down[..., :-1], logp(frames)[..., 1:], rtol=1e-5, atol=1e-5)  # band b -> b - 1
+    floor = logp(frames).min()  # the bands the shift empties hold the window's quietest level
+    np.testing.assert_allclose(up[..., :2], floor, rtol=1e-5)
+    np.testing.assert_allclose(down[..., -1], floor, rtol=1e-5)
+    draws = t.draw(np.random.default_rng(1), 2000)
+    assert set(draws.tolist()) == set(range(-3, 4))  # every shift in -3..3, and no other
+
+
+def test_transposed_windows_keep_their_codes_and_draw_per_global_batch(semitone_store):
+    s = TokenStore(semitone_store[0])
+    items = list(range(len(s)))
+    clean = WindowSource(s, items, 32, codes=True, frames=True)
+    moved = WindowSource(s, items, 32, codes=True, frames=True, shift=4)
+    a, b = clean.batch(3, 7, 8), moved.batch(3, 7, 8)
+    # the same windows and code targets; the frames are each window's, some semitones over
+    torch.testing.assert_close(a.codes, b.codes)
+    torch.testing.assert_close(a.lengths, b.lengths)
+    t = moved.transposer
+    shifts = []
+    for i in range(8):
+        n = int(b.lengths[i])
+        k = next(k for k in range(-4, 5) if np.allclose(t(a.frames[i, :n].numpy(), k), b.frames[i, :n].numpy(),
+                                                        atol=1e-5))
+        shifts.append(k)
+        assert (b.frames[i, n:] == 0).all()  # padding stays padding
+    assert any(shifts)  # some windows moved (8 draws from 9 shifts are all 0 with chance 1 in 4e7)
+    # a data-parallel rank's rows are the same rows of the global batch, moved the same way
+    half = moved.batch(3, 7, 8, part=slice(4, 8))
+    torch.testing.assert_close(half.frames, b.frames[4:, : half.frames.shape[1]])
+    # no shift: nothing else changes
+    torch.testing.assert_close(WindowSource(s, items, 32, codes=True, frames=True, shift=0).batch(3, 7, 8).frames,
+                               a.frames)
+
+
+def test_pitch_shift_config_and_store_errors(store, tmp_path):
+    from musetok.prior.train import PriorRunConfig, train_prior
+    base = dict(dim=32, layers=2, heads=2, max_len=64, codebook_size=16, num_codebooks=1, frame_dim=12)
+    for bad in (dict(objective="mlm", pitch_shift=2),  # reads codes only
+                dict(objective="mlm", inputs="codes+frames", pitch_shift=2),  # the codes it reads would not follow
+                dict(objective="masked_frames", pitch_shift=-1),
+                dict(objective="masked_frames", pitch_shift=25)):
+        with pytest.raises(ConfigError, match="model.pitch_shift"):
+            PriorConfig(**base, **bad)
+    with pytest.raises(UserError, match="meta.json: model.pitch_shift moves frames along semitone bands"):
+        Transposer(meta(pitch_class=False), "meta.json", 2)
+    # the mel store of the other tests: its bands are not semitones
+    run = load_config(PriorRunConfig, None, TINY_PRIOR + ["model.inputs=frames", "model.pitch_shift=2",
+                                                          "train.steps=2"])
+    with pytest.raises(UserError, match=r"store/meta.json: model.pitch_shift moves frames along semitone bands"):
+        train_prior(run, store, tmp_path / "p", progress=False)
+    assert not (tmp_path / "p" / "model.safetensors").exists()
+
+
+def test_a_transposing_prior_trains_and_its_validation_stays_clean(semitone_store, tmp_path, monkeypatch):
+    from musetok.prior import train as train_mod
+    from musetok.prior.train import PriorRunConfig, train_prior
+    made = []
+
+    class Recording(WindowSource):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self.transposer)
+    monkeypatch.setattr(train_mod, "WindowSource", Recording)
+    over = TINY_PRIOR + ["model.inputs=frames", "model.aux_frames=1.0", "train.steps=30", "model.max_len=32"]
+    for k in (0, 3):
+        train_prior(load_config(PriorRunConfig, None, over + [f"model.pitch_shift={k}"]), semitone_store[0],
+                    tmp_path / f"p{k}", progress=False)
+    train = {k: [json.loads(ln)["loss"] for ln in (tmp_path / f"p{k}" / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(ln)["split"] == "train"] for k in (0, 3)}
+    assert train[3] != train[0]  # training read transposed windows
+    assert np.mean(train[3][-2:]) < train[3][0]
+    card = (tmp_path / "p3" / "README.md").read_text()
+    assert "| reads -> predicts | frames -> codes + 1 x frames; training windows transposed by up to +-3 " \
+           "semitones |" in card
+    assert "transposed" not in (tmp_path / "p0" / "README.md").read_text()
+    assert made[0] is None and made[1] is None  # pitch_shift 0: train and valid windows
+    assert made[2] is not None and made[2].semitones == 3 and made[3] is None  # moved train, clean valid
