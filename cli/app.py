@@ -281,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "them beside the VQ-VAE's codes), frames_codes_conv16_teacher (+ an EMA teacher's target, "
                         "data2vec), frames_codes_conv16_mid (the frame target from layer 2), "
                         "frames_codes_conv16_vis (+ the unmasked frames as a target), "
-                        "frames_codes_conv16_shift (windows transposed by up to 4 semitones), frames_kmeans (second "
-                        "round: "
+                        "frames_codes_conv16_shift, frames_codes_conv16_shift2 (windows transposed by up to 4, 2 "
+                        "semitones), frames_kmeans (second round: "
                         "trains frames_codes_conv16 first), frames (the frames control always is)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
