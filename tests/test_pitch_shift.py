@@ -62,9 +62,18 @@ def test_transposed_windows_keep_their_codes_and_draw_per_global_batch(semitone_
     # a data-parallel rank's rows are the same rows of the global batch, moved the same way
     half = moved.batch(3, 7, 8, part=slice(4, 8))
     torch.testing.assert_close(half.frames, b.frames[4:, : half.frames.shape[1]])
+    # chroma targets are computed from the moved frames: they move with them
+    with_chroma = WindowSource(s, items, 32, codes=True, frames=True, chroma=True, shift=4).batch(3, 7, 8)
+    torch.testing.assert_close(with_chroma.frames, b.frames)
+    np.testing.assert_allclose(with_chroma.chroma.numpy(), chroma_of(s, b.frames.numpy()), rtol=1e-5, atol=1e-6)
     # no shift: nothing else changes
     torch.testing.assert_close(WindowSource(s, items, 32, codes=True, frames=True, shift=0).batch(3, 7, 8).frames,
                                a.frames)
+
+
+def chroma_of(store: TokenStore, frames: np.ndarray) -> np.ndarray:
+    from musetok.prior.data import Chroma
+    return Chroma(store.meta, "meta.json")(frames)
 
 
 def test_pitch_shift_config_and_store_errors(store, tmp_path):
