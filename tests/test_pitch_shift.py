@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from musetok.prior.config import PriorConfig
-from musetok.prior.data import Transposer, WindowSource
+from musetok.prior.data import Chroma, Transposer, WindowSource
 from musetok.shared.config import ConfigError, load_config
 from musetok.shared.errors import UserError
 from musetok.shared.token_store import StoreMeta, TokenStore
@@ -72,7 +72,6 @@ def test_transposed_windows_keep_their_codes_and_draw_per_global_batch(semitone_
 
 
 def chroma_of(store: TokenStore, frames: np.ndarray) -> np.ndarray:
-    from musetok.prior.data import Chroma
     return Chroma(store.meta, "meta.json")(frames)
 
 
