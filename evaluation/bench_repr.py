@@ -146,6 +146,15 @@ PRIORS["frames_codes_conv16_shift"] = _variant("frames_codes_conv16", "model.pit
 PRIORS["frames_codes_conv16_shift2"] = _variant("frames_codes_conv16", "model.pitch_shift=2",
                                                 row="prior: frames -> codes + frames, conv front-end, 16 channels, "
                                                     "windows transposed +-2 semitones (mlm)")
+# MERT's chroma target on the recommended prior, and on it with pitch shift: the codes ask for a timbre that does not
+# move with pitch, the chroma (computed from the moved frames) for pitch classes that do. Pitch shift cost synthetic
+# key at both seeds; this asks whether a target that moves with the shift gives it back.
+PRIORS["frames_codes_conv16_chroma"] = _variant("frames_codes_conv16", "model.aux_chroma=1.0",
+                                                row="prior: frames -> codes + frames + chroma, conv front-end, 16 "
+                                                    "channels (mlm)")
+PRIORS["frames_codes_conv16_shift2_chroma"] = _variant("frames_codes_conv16_shift2", "model.aux_chroma=1.0",
+                                                       row="prior: frames -> codes + frames + chroma, conv front-end, "
+                                                           "16 channels, windows transposed +-2 semitones (mlm)")
 PRIORS["frames_codes_conv_s4"] = _variant("frames_codes_conv", "model.conv_stride=4",
                                           row="prior: frames -> codes + frames, conv front-end, stride 4 (mlm)")
 # The convolution over harmonically stacked bands (Bittner et al.'s HCQT, as deep-salience pitch trackers read it):

@@ -199,7 +199,7 @@ class PriorConfig:
         check(0 <= self.pitch_shift <= 24, "model.pitch_shift", "must be 0 to 24 semitones")
         check(self.pitch_shift == 0 or self.input_kind == "frames", "model.pitch_shift",
               "transposes the frames a prior reads (model.inputs frames; with codes+frames the input codes would "
-              "not follow)")
+              "not follow); set it to 0 for other inputs")
         check(self.rpq_codebooks >= 1 and self.rpq_size >= 2 and self.rpq_dim >= 1, "model.rpq_size",
               "random-projection targets need rpq_codebooks >= 1, rpq_size >= 2, rpq_dim >= 1")
 

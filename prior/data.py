@@ -109,7 +109,8 @@ class Transposer:
     def __init__(self, meta: StoreMeta, where: str, semitones: int):
         if not meta.frames_pitch_class:
             raise UserError(f"{where}: model.pitch_shift moves frames along semitone bands, which only a store of a "
-                            "semitone tokenizer (mel.scale: semitone) written by `tokenize --with-frames` has")
+                            "semitone tokenizer (mel.scale: semitone) written by `tokenize --with-frames` has; "
+                            "set it to 0 for this store")
         self.mean, self.std = _log_power(meta, where, "model.pitch_shift")
         self.semitones = semitones
 

@@ -177,6 +177,14 @@ def test_the_recommended_prior_is_what_the_small_config_ships():
         assert str(getattr(shipped, key)).lower() == value.lower(), key
 
 
+def test_the_command_trains_the_benchmarks_default_priors():
+    """`musetok bench-repr` without --priors trains DEFAULT_PRIORS (the recommended prior among them)."""
+    from musetok.cli.app import build_parser
+    from musetok.evaluation.bench_repr import DEFAULT_PRIORS, RECOMMENDED
+    a = build_parser().parse_args(["bench-repr", "--out", "x"])
+    assert tuple(a.priors.split(",")) == DEFAULT_PRIORS and RECOMMENDED in DEFAULT_PRIORS
+
+
 def test_every_prior_preset_is_a_valid_small_run_with_a_row_of_its_own():
     """Each `--priors` name loads as a run config (a preset with settings the config refuses, e.g. heads that do not
     divide the width, would only fail once its training starts), and no two presets share a table row."""
