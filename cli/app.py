@@ -70,7 +70,11 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     from musetok.shared.training import resolve_run_config
 
     run = resolve_run_config(PriorRunConfig, a.out, a.config, a.overrides, a.resume, "prior")
-    r = train_prior(run, a.store, a.out, resume=a.resume, progress=not a.quiet)
+    tokenizer = None
+    if a.tokenizer:
+        from musetok.tokenizer.builder import load_tokenizer
+        tokenizer = load_tokenizer(a.tokenizer)
+    r = train_prior(run, a.store, a.out, resume=a.resume, progress=not a.quiet, tokenizer=tokenizer)
     extra = f", accuracy {r.valid_accuracy:.3f}, perplexity {r.valid_perplexity:.2f}" if r.valid_accuracy is not None \
         else ""
     print(f"prior ({run.model.objective}) -> {r.out}: {r.steps} steps, valid loss {r.valid_loss:.4f}{extra}")
@@ -207,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(s, "small")
     s.add_argument("--store", required=True, help="token store folder (from `musetok tokenize`)")
     s.add_argument("--out", required=True, help="output folder for the prior")
+    s.add_argument("--tokenizer", help="the store's tokenizer folder: only to re-encode transposed windows "
+                                       "(model.pitch_shift_codes=recoded)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_pretrain)

@@ -106,8 +106,11 @@ class PriorConfig:
     mix_db: float = 5.0             #   of another mixed in, at +-mix_db dB (WavLM / MERT); its targets stay clean
     # priors reading the frames of a semitone store: each training window transposed by a whole number of semitones
     # drawn uniformly from -pitch_shift..pitch_shift (its frames moved along the bands; `prior.data.Transposer`),
-    # the code targets left as they are: more pitches for every sound in a few hours of audio
+    # the code targets left as they are (`kept`): more pitches for every sound in a few hours of audio. `recoded`:
+    # each transposed window's code targets are the tokenizer's codes of its moved frames (training needs the
+    # tokenizer), so the targets move with the input and absolute pitch stays worth predicting
     pitch_shift: int = 0
+    pitch_shift_codes: Literal["kept", "recoded"] = "kept"
     rpq_codebooks: int = 1          # targets=random: BEST-RQ's frozen random-projection quantisers
     rpq_size: int = 512             #   codes per quantiser
     rpq_dim: int = 16               #   projection size
@@ -200,6 +203,9 @@ class PriorConfig:
         check(self.pitch_shift == 0 or self.input_kind == "frames", "model.pitch_shift",
               "transposes the frames a prior reads (model.inputs frames; with codes+frames the input codes would "
               "not follow); set it to 0 for other inputs")
+        check(self.pitch_shift_codes == "kept" or (self.pitch_shift > 0 and self.target_kind == "codes"),
+              "model.pitch_shift_codes", "recoded re-encodes the code targets of transposed windows: for priors that "
+              "predict the tokenizer's codes (model.targets codes) with model.pitch_shift > 0")
         check(self.rpq_codebooks >= 1 and self.rpq_size >= 2 and self.rpq_dim >= 1, "model.rpq_size",
               "random-projection targets need rpq_codebooks >= 1, rpq_size >= 2, rpq_dim >= 1")
 

@@ -5,6 +5,7 @@ Batch `s` is a pure function of (seed, s): runs are reproducible and `--resume` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,10 +138,13 @@ class WindowSource:
     with `chroma` the frames' chroma (which needs the frames read). With `pairs`, a batch holds two windows of each
     of half as many items (rows 2i and 2i + 1, independent starts; items drawn without replacement where there are
     enough), for a loss that tells windows of one recording from the rest (`aux_contrast`). With `shift` > 0 each
-    window is transposed by up to that many semitones (`Transposer`; `model.pitch_shift`)."""
+    window is transposed by up to that many semitones (`Transposer`; `model.pitch_shift`); with `recode` (normalised
+    frames `(n, F)` -> codes `(K, n)`, the store's tokenizer) a transposed window's codes are those of its moved
+    frames, not the store's (`model.pitch_shift_codes: recoded`)."""
 
     def __init__(self, store: TokenStore, items: list[int], max_len: int, codes: bool = True, frames: bool = False,
-                 chroma: bool = False, mix: tuple[float, float] | None = None, pairs: bool = False, shift: int = 0):
+                 chroma: bool = False, mix: tuple[float, float] | None = None, pairs: bool = False, shift: int = 0,
+                 recode: Callable[[np.ndarray], np.ndarray] | None = None):
         self.store, self.items, self.max_len, self.codes, self.frames = store, items, max_len, codes, frames
         self.pairs = pairs
         self.lengths = np.array([store.items[i].length for i in items], dtype=np.int64)
@@ -158,6 +162,9 @@ class WindowSource:
         if shift and not frames:
             raise ValueError("transposing moves the frames: ask for frames too")
         self.transposer = Transposer(store.meta, str(store.root / "meta.json"), shift) if shift else None
+        if recode is not None and not (shift and codes):
+            raise ValueError("recoding gives transposed windows their own codes: ask for codes and a shift")
+        self.recode = recode
 
     @property
     def frames_total(self) -> int:
@@ -191,7 +198,9 @@ class WindowSource:
                 if shifts is not None:
                     frames[b, :n] = self.transposer(frames[b, :n], int(shifts[b]))
             if codes is not None:
-                codes[b, :, :n] = self.store.window(self.items[j], start, n)
+                moved = shifts is not None and shifts[b] != 0
+                codes[b, :, :n] = self.recode(frames[b, :n]) if moved and self.recode else \
+                    self.store.window(self.items[j], start, n)
         return Batch(None if codes is None else torch.from_numpy(codes),
                      None if frames is None else torch.from_numpy(frames), torch.from_numpy(lens),
                      torch.from_numpy(seeds), None if self.chroma is None else torch.from_numpy(self.chroma(frames)),

@@ -104,7 +104,7 @@ def semitone_store(tmp_path_factory):
     that is not the identity, so the chroma has to undo it)."""
     from musetok.shared.config import load_config
     from musetok.shared.normalize import MelStats
-    from musetok.tokenizer.builder import build_tokenizer
+    from musetok.tokenizer.builder import build_tokenizer, save_tokenizer
     from musetok.tokenizer.encode_corpus import tokenize_corpus
     from musetok.tokenizer.train import TokenizerRunConfig
 
@@ -115,5 +115,6 @@ def semitone_store(tmp_path_factory):
     rng = np.random.default_rng(0)
     stats = MelStats(rng.uniform(-8, -2, 80).astype(np.float32), rng.uniform(1, 3, 80).astype(np.float32), 1)
     model = build_tokenizer(cfg, stats).eval()
+    save_tokenizer(root / "tokenizer", model)  # beside the store, for priors that re-encode transposed windows
     tokenize_corpus(model, root / "audio", root / "store", workers=0, progress=False, with_frames=True)
     return root / "store", cfg.mel, stats

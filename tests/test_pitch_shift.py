@@ -118,3 +118,67 @@ def test_a_transposing_prior_trains_and_its_validation_stays_clean(semitone_stor
     assert "transposed" not in (tmp_path / "p0" / "README.md").read_text()
     assert made[0] is None and made[1] is None  # pitch_shift 0: train and valid windows
     assert made[2] is not None and made[2].semitones == 3 and made[3] is None  # moved train, clean valid
+
+
+def test_encode_frames_gives_the_codes_the_store_holds(semitone_store):
+    from musetok.tokenizer.builder import load_tokenizer
+    s = TokenStore(semitone_store[0])
+    tok = load_tokenizer(semitone_store[0].parent / "tokenizer")
+    for i in range(len(s)):
+        n = s.items[i].length
+        frames = torch.from_numpy(np.array(s.frames_window(i, 0, n)))[None]  # as stored (float16)
+        np.testing.assert_array_equal(tok.encode_frames(frames)[0].numpy(), s.window(i, 0, n))
+
+
+def test_recoded_windows_predict_the_codes_of_their_moved_frames(semitone_store):
+    from musetok.tokenizer.builder import load_tokenizer
+    s = TokenStore(semitone_store[0])
+    items = list(range(len(s)))
+    tok = load_tokenizer(semitone_store[0].parent / "tokenizer")
+    frames = torch.from_numpy(np.concatenate([s.frames_window(i, 0, s.items[i].length) for i in items]))[None]
+    torch.manual_seed(0)
+    with torch.no_grad():  # k-means on these frames gives the untrained codebook codes that tell the tones apart
+        x = frames.float().reshape(1, -1, tok.cfg.mel.n_mels).transpose(1, 2)
+        tok.quantizer.train()(tok.encoder(x).transpose(1, 2))
+    tok.eval()
+
+    def recode(f):
+        return tok.encode_frames(torch.from_numpy(f)[None])[0].numpy()
+    kept = WindowSource(s, items, 32, codes=True, frames=True, shift=4)
+    moved = WindowSource(s, items, 32, codes=True, frames=True, shift=4, recode=recode)
+    clean = WindowSource(s, items, 32, codes=True, frames=True).batch(3, 7, 8)
+    a, b = kept.batch(3, 7, 8), moved.batch(3, 7, 8)
+    torch.testing.assert_close(a.frames, b.frames)  # the same windows, moved alike
+    changed = 0
+    for i in range(8):
+        n = int(b.lengths[i])
+        if torch.equal(b.frames[i, :n], clean.frames[i, :n]):  # not moved: the store's codes
+            torch.testing.assert_close(b.codes[i], a.codes[i])
+        else:  # moved: the tokenizer's codes of the moved frames, over the window's frames only
+            torch.testing.assert_close(b.codes[i, :, :n], tok.encode_frames(b.frames[i:i + 1, :n])[0])
+            assert (b.codes[i, :, n:] == 0).all()
+            changed += int(not torch.equal(b.codes[i, :, :n], tok.encode_frames(clean.frames[i:i + 1, :n])[0]))
+    assert changed  # the tokenizer heard the transposition: moved tones got other codes than clean ones
+
+
+def test_recoding_needs_the_stores_tokenizer_and_trains_with_it(semitone_store, trained_tokenizer, tmp_path):
+    from musetok.prior.train import PriorRunConfig, train_prior
+    from musetok.tokenizer.builder import load_tokenizer
+    base = dict(dim=32, layers=2, heads=2, max_len=64, codebook_size=16, num_codebooks=1, frame_dim=12)
+    for bad in (dict(objective="mlm", inputs="frames", pitch_shift_codes="recoded"),  # nothing moves
+                dict(objective="masked_frames", pitch_shift=2, pitch_shift_codes="recoded")):  # no codes to recode
+        with pytest.raises(ConfigError, match="model.pitch_shift_codes"):
+            PriorConfig(**base, **bad)
+    run = load_config(PriorRunConfig, None, TINY_PRIOR + ["model.inputs=frames", "model.pitch_shift=2",
+                                                          "model.pitch_shift_codes=recoded", "train.steps=2"])
+    with pytest.raises(ConfigError, match="--tokenizer"):
+        train_prior(run, semitone_store[0], tmp_path / "p", progress=False)
+    other = load_tokenizer(trained_tokenizer)  # the mel store's tokenizer
+    with pytest.raises(ConfigError, match=r"store/meta.json: the store holds the codes of tokenizer \w+, not"):
+        train_prior(run, semitone_store[0], tmp_path / "p", progress=False, tokenizer=other)
+    assert not (tmp_path / "p" / "model.safetensors").exists()
+    r = train_prior(run, semitone_store[0], tmp_path / "p", progress=False,
+                    tokenizer=load_tokenizer(semitone_store[0].parent / "tokenizer"))
+    assert r.steps == 2 and (tmp_path / "p" / "model.safetensors").exists()
+    assert "transposed by up to +-2 semitones, their code targets re-encoded by the tokenizer |" in \
+        (tmp_path / "p" / "README.md").read_text()

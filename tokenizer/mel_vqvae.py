@@ -70,6 +70,15 @@ class MelVQVAE(Tokenizer):
         z, _ = self._encode_latent(x)
         return self.quantizer.encode(z)
 
+    @torch.no_grad()
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """`encode` for input already normalised and stacked to the code rate, as a store `--with-frames` holds it
+        (`features.FrameStacker`): frames `(B, T, downsample * n_mels)` -> codes `(B, K, T)`. A prior that moves
+        its frames (`model.pitch_shift_codes: recoded`) gets the codes of what it reads."""
+        b, t, _ = frames.shape
+        x = frames.to(self.mel_std.dtype).reshape(b, t * self.cfg.downsample, self.cfg.mel.n_mels).transpose(1, 2)
+        return self.quantizer.encode(self.encoder(x).transpose(1, 2))
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         q = self.quantizer.decode(codes)  # (B, T, C)
         return self.decoder(q.transpose(1, 2)) * self.mel_std + self.mel_mean
