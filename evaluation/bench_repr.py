@@ -143,6 +143,9 @@ PRIORS["frames_codes_conv16_outfixed"] = _variant("frames_codes_conv16", "model.
 PRIORS["frames_codes_conv16_shift"] = _variant("frames_codes_conv16", "model.pitch_shift=4",
                                                row="prior: frames -> codes + frames, conv front-end, 16 channels, "
                                                    "windows transposed +-4 semitones (mlm)")
+PRIORS["frames_codes_conv16_shift1"] = _variant("frames_codes_conv16", "model.pitch_shift=1",
+                                                row="prior: frames -> codes + frames, conv front-end, 16 channels, "
+                                                    "windows transposed +-1 semitone (mlm)")
 PRIORS["frames_codes_conv16_shift2"] = _variant("frames_codes_conv16", "model.pitch_shift=2",
                                                 row="prior: frames -> codes + frames, conv front-end, 16 channels, "
                                                     "windows transposed +-2 semitones (mlm)")

@@ -1154,6 +1154,37 @@ def test_stacked_band_convolutions(tmp_path, store):
     assert "plus 2 stacked convolutions along their bands" in card
 
 
+@pytest.mark.parametrize("stride,c_in,input_grad", [(2, 2, False), (1, 4, True), (3, 3, True)])
+def test_band_conv_gradients_are_pytorchs(stride, c_in, input_grad):
+    """`BandConv` (the weight gradient as one matmul over the unfolded input) gives `nn.Conv1d`'s output and
+    gradients: weights, bias and, where the input needs one, the input's."""
+    from musetok.prior.model import band_conv
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(c_in, 5, 7, stride=stride, padding=3)
+    x = torch.randn(6, c_in, 23, requires_grad=input_grad)
+    g = torch.randn_like(conv(x))
+    grads = []
+    for fn in (conv, lambda x: band_conv(conv, x)):
+        conv.zero_grad()
+        x.grad = None
+        y = fn(x)
+        (y * g).sum().backward()
+        grads.append((y, conv.weight.grad.clone(), conv.bias.grad.clone(), x.grad))
+    for a, b in zip(*grads):
+        if a is None:
+            assert b is None and not input_grad
+        else:
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as autocast runs conv1d: in bf16, the gradients in fp32
+        y_ref, y = conv(x), band_conv(conv, x)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y, y_ref)
+    conv.zero_grad()
+    (y.float() * g).sum().backward()
+    assert conv.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(conv.weight.grad, grads[0][1], rtol=0.05, atol=0.05 * grads[0][1].abs().max().item())
+
+
 def test_a_fixed_conv_map_to_the_width_stays_as_drawn_while_the_filters_train(tmp_path, store):
     """`conv_out_fixed`: the band convolution's linear map to the width is frozen at its draw; its filters, and the
     rest of the prior, train."""
