@@ -236,7 +236,9 @@ class BandConv(torch.autograd.Function):
 
 
 def band_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)` through `BandConv` (its weights cast as autocast would cast them)."""
+    """`conv(x)`, on a CPU through `BandConv` (its weights cast as autocast would cast them); elsewhere as it is."""
+    if x.device.type != "cpu":
+        return conv(x)
     w, b = conv.weight, conv.bias
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
