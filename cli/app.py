@@ -273,24 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer-set", dest="tokenizer_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a tokenizer setting, e.g. model.num_codebooks=4 (repeatable)")
     s.add_argument("--priors", default="codes,frames_codes_conv16,frames",
-                   help="which priors to train, of codes, frames_codes_conv16 (the recommended prior: frames -> codes "
-                        "+ frames with a 16-channel conv front-end along the bands), frames_codes_conv (the same, 32 "
-                        "channels), frames_codes_conv_s4 (32 channels at stride 4), frames_codes_aux (the same "
-                        "without the conv), frames_codes, frames_random, frames_codes_chroma (+ chroma target), "
-                        "frames_codes_mix (+ windows mixed in), frames_codes_noise (masks filled with noise), "
-                        "frames_noise (the control, noise-filled), frames_codes_fixed, frames_fixed (a frozen input "
-                        "projection), frames_codes_split, frames_split (frozen and learned, half the width each), "
-                        "frames_codes_drop, frames_drop (residual dropout 0.1), frames_conv (the control with the "
-                        "conv), frames_codes_hconv (the conv over harmonically stacked bands), "
-                        "frames_codes_fixed_conv (the conv beside a frozen map), frames_random_conv16 (the "
-                        "recommended recipe with BEST-RQ's random-projection codes as targets), "
-                        "frames_codes_conv16_rand (with them beside the VQ-VAE's codes), frames_codes_conv16_teacher "
-                        "(+ an EMA teacher's target, data2vec), frames_codes_conv16_mid (the frame target from layer "
-                        "2), frames_codes_conv16_vis (+ the unmasked frames as a target), frames_codes_conv16_shift, "
-                        "frames_codes_conv16_shift2 (windows transposed by up to 4, 2 semitones), "
-                        "frames_codes_conv16_chroma, frames_codes_conv16_shift2_chroma (+ chroma target), "
-                        "frames_kmeans (second round: trains frames_codes_conv16 first), frames (the frames control "
-                        "always is)")
+                   help="which priors to train, comma-separated: the Jukebox route (codes), the recommended prior "
+                        "(frames_codes_conv16: frames -> codes + frames with a 16-channel conv front-end along the "
+                        "bands) and the continuous control (frames, always trained) by default; every lever measured "
+                        "is a named preset too (frames_codes_conv16_shift2, frames_codes_conv16_ema, frames_kmeans, "
+                        "...: PRIORS in evaluation/bench_repr.py says what each is; an unknown name lists them all)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_bench_repr)

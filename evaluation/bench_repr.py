@@ -226,6 +226,14 @@ PRIORS["frames_codes_conv16_bands"] = _variant(RECOMMENDED, "model.aux_bands=1.0
                                                    "16 channels (mlm)")
 PRIORS["frames_bands"] = _variant("frames", "model.aux_bands=1.0",
                                   row="prior: frames -> frames + hidden bands (masked_frames)")
+# The recommended recipe trained exactly as it is, its saved weights an exponential moving average of the weights
+# trained (`train.ema_decay`, bias-corrected; DINO found its momentum teacher, an average of the student, the better
+# representation throughout training). Training is untouched: only what is saved differs.
+PRIORS["frames_codes_conv16_ema"] = _variant(RECOMMENDED, "train.ema_decay=0.998",
+                                             row="prior: frames -> codes + frames, conv front-end, 16 channels, "
+                                                 "weights averaged (mlm)")
+PRIORS["frames_ema"] = _variant("frames", "train.ema_decay=0.998",
+                                row="prior: frames -> frames, weights averaged (masked_frames)")
 # HuBERT's second round: the recommended prior again, its code targets replaced by k-means on the middle layer of
 # the trained recommended prior (`musetok relabel`). Same steps, but it needs the first round trained first.
 SECOND_ROUND = "frames_kmeans"

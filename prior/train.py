@@ -23,7 +23,7 @@ from musetok.prior.data import WindowSource
 from musetok.prior.model import Prior
 from musetok.prior.objectives import compute_loss
 from musetok.shared import distributed, training
-from musetok.shared.config import ConfigError, to_dict
+from musetok.shared.config import ConfigError, check, to_dict
 from musetok.shared.model_card import write_model_card
 from musetok.shared.plots import plot_curves
 from musetok.shared.token_store import TokenStore
@@ -37,6 +37,13 @@ class PriorTrainConfig(training.LoopConfig):
     valid_batches: int = 8
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"   # auto: bf16 autocast on GPU and AMX CPUs, else fp32
     compile: bool = False
+    # > 0: the prior saved (and validated, and embedded with) is an exponential moving average of the weights
+    # trained, at this decay per step (bias-corrected; `training.weight_average`). 0: the last weights.
+    ema_decay: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
 
 
 @dataclass
@@ -128,7 +135,9 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
     # -- model, optimizer, state -------------------------------------------------------------------
     model = Prior(mc).to(device)
     opt = training.make_optimizer(model, tc.lr, tc.weight_decay)
-    step, wrapped, metrics = training.open_state(r, model, opt, resume, to_dict(PriorRunConfig(mc, tc)))
+    average = training.weight_average(model, tc.ema_decay)
+    saved = average.module if average is not None else model  # what is validated, saved and embedded with
+    step, wrapped, metrics = training.open_state(r, model, opt, resume, to_dict(PriorRunConfig(mc, tc)), average)
     fwd_model = torch.compile(wrapped) if tc.compile else wrapped
     valid_batches = [valid_src.batch(tc.seed + 1, i, tc.batch_size) for i in range(tc.valid_batches)]
     last_valid = {"loss": float("nan"), "accuracy": None, "perplexity": None}
@@ -145,16 +154,16 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
 
     def validate() -> dict:
         """On rank 0 only, with the unwrapped model (DDP's forward would wait for the other ranks)."""
-        model.eval()
+        saved.eval()
         total, ce, n, correct = 0.0, 0.0, 0, 0
         with torch.no_grad(), autocast or contextlib.nullcontext():
             for b in valid_batches:
-                o = compute_loss(model, b.to(device))
+                o = compute_loss(saved, b.to(device))
                 total += o.loss.item() * o.targets
                 ce += o.cross_entropy * o.targets
                 n += o.targets
                 correct += o.correct
-        model.train()
+        saved.train()
         loss = total / max(n, 1)
         accuracy = correct / max(n * mc.target_codebooks[0], 1) if mc.predicts_codes else None
         perplexity = math.exp(min(ce / max(n, 1), 50)) if mc.predicts_codes else None  # of the codes alone (no aux)
@@ -165,8 +174,8 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
 
     # -- the loop ----------------------------------------------------------------------------------
     step = training.run_steps(tc, r, model, wrapped, opt, train_src, step, stop_at, forward, train_metrics, validate,
-                              lambda folder: save_prior(folder, model), metrics, f"pretrain ({mc.objective})",
-                              progress, autocast)
+                              lambda folder: save_prior(folder, saved), metrics, f"pretrain ({mc.objective})",
+                              progress, autocast, average)
     if not d.is_main:
         distributed.shutdown(d)
         return PriorTrainResult(out, step, float("nan"), None, None)
@@ -184,6 +193,8 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                                     f"{len(valid_paths)} files for validation",
                       "steps": f"{step} of {tc.steps}, batch {tc.batch_size} x {mc.max_len} frames",
                       "precision": precision,
+                      **({"weights": f"an exponential moving average of the weights trained (decay {tc.ema_decay:g} "
+                                     "per step, bias-corrected)"} if average is not None else {}),
                       "reads -> predicts": f"{mc.input_kind} -> {mc.target_kind}" +
                                            "".join(f" + {w:g} x {name}" for name, w in
                                                    (("frames" + (f" (from layer {mc.aux_frames_layer})"

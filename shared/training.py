@@ -267,10 +267,33 @@ def start_run(out: str | Path, resume: bool, tc: LoopConfig) -> Run:
     return Run(out, d, dev, part)
 
 
-def open_state(run: Run, model: torch.nn.Module, opt: torch.optim.Optimizer, resume: bool, run_config: dict
+def weight_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of `model`'s weights (and float buffers), or None for `decay` 0.
+
+    PyTorch's `AveragedModel`, bias-corrected as Adam corrects its moments: after n updates it is
+    `sum_i decay^(n-i) w_i / sum_i decay^(n-i)`, so the weights it started from do not linger (a plain EMA at
+    0.998 would still hold 2% of the first step's weights after 2000 steps). `run_steps` updates it after every
+    optimizer step; its `.module` is the averaged model."""
+    if decay <= 0:
+        return None
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = int(n_averaged)  # updates already in `averaged` (>= 1: the first one copies)
+        weight = (1.0 - decay) / (1.0 - decay ** (n + 1))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, weight)
+        # integer buffers stay as the first update copied them
+
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
+def open_state(run: Run, model: torch.nn.Module, opt: torch.optim.Optimizer, resume: bool, run_config: dict,
+               average: torch.optim.swa_utils.AveragedModel | None = None
                ) -> tuple[int, torch.nn.Module, MetricsLog | None]:
-    """Restore model/optimizer/RNG when resuming, wrap the model for DDP, and (rank 0) write the run config
-    and open the metrics log. Returns (step to continue from, the wrapped model, the log or None)."""
+    """Restore model/optimizer/RNG (and the weight `average`, if any) when resuming, wrap the model for DDP, and
+    (rank 0) write the run config and open the metrics log. Returns (step to continue from, the wrapped model,
+    the log or None)."""
     step = 0
     if resume:
         state = load_train_state(run.out)
@@ -278,6 +301,11 @@ def open_state(run: Run, model: torch.nn.Module, opt: torch.optim.Optimizer, res
         opt.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         step = int(state["step"])
+        if average is not None:
+            if "average" not in state:
+                raise ConfigError(f"{run.out / STATE_FILE}: this run was started without a weight average; resume it "
+                                  "without train.ema_decay")
+            average.load_state_dict(state["average"])
         log.info("resuming %s at step %d", run.out, step)
     wrapped = distributed.wrap(model, run.dist, run.device)
     metrics = None
@@ -287,9 +315,12 @@ def open_state(run: Run, model: torch.nn.Module, opt: torch.optim.Optimizer, res
     return step, wrapped, metrics
 
 
-def save_state(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
-    save_train_state(out, {"step": step, "model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                           "rng": rng_state()})
+def save_state(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
+               average: torch.optim.swa_utils.AveragedModel | None = None) -> None:
+    state = {"step": step, "model": unwrap(model).state_dict(), "optimizer": opt.state_dict(), "rng": rng_state()}
+    if average is not None:
+        state["average"] = average.state_dict()
+    save_train_state(out, state)
 
 
 class StepDataset(torch.utils.data.Dataset):
@@ -335,13 +366,15 @@ def run_steps(tc: LoopConfig, run: Run, model: torch.nn.Module, wrapped: torch.n
               opt: torch.optim.Optimizer, source, step: int, stop_at: int | None,
               forward: Callable[[Any], StepOutput], train_metrics: Callable[[list[StepOutput]], dict],
               validate: Callable[[], dict], save_model: Callable[[Path], None], metrics: MetricsLog | None,
-              desc: str, progress: bool = True, autocast=None) -> int:
+              desc: str, progress: bool = True, autocast=None,
+              average: torch.optim.swa_utils.AveragedModel | None = None) -> int:
     """Optimizer steps from `step` to `train.steps` (or `stop_at`, keeping the schedule of `train.steps`);
     returns the step reached. Batches come from `source.batch(seed, s, batch_size, part)`. `model` is the
     plain module (clipping, saving), `wrapped` its DDP form; `forward` gets a batch already on the run's
     device. Rank 0 logs every `log_every` steps and validates every `valid_every`; a checkpoint
     (`save_model(out)`, then the training state) is written by rank 0 every `checkpoint_every` steps while
-    the other ranks wait. The last step always logs, validates and checkpoints."""
+    the other ranks wait. The last step always logs, validates and checkpoints. `average` (`weight_average`) is
+    updated after every optimizer step and saved with the training state."""
     d = run.dist
     autocast = autocast or contextlib.nullcontext()
     last = tc.steps if stop_at is None else min(stop_at, tc.steps)
@@ -370,6 +403,8 @@ def run_steps(tc: LoopConfig, run: Run, model: torch.nn.Module, wrapped: torch.n
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if average is not None:
+            average.update_parameters(model)
         step += 1
 
         if metrics is not None and (step % tc.log_every == 0 or step == last):
@@ -381,7 +416,7 @@ def run_steps(tc: LoopConfig, run: Run, model: torch.nn.Module, wrapped: torch.n
         if step % tc.checkpoint_every == 0 or step == last:
             if d.is_main:
                 save_model(run.out)
-                save_state(run.out, model, opt, step)
+                save_state(run.out, model, opt, step, average)
             d.barrier()
         bar.update(1)
     bar.close()

@@ -1206,3 +1206,53 @@ def test_a_fixed_conv_map_to_the_width_stays_as_drawn_while_the_filters_train(tm
     assert "(its map to the width fixed at random)" in (tmp_path / "p" / "README.md").read_text()
     with pytest.raises(ConfigError, match="model.conv_out_fixed"):
         cfg(inputs="frames", conv_out_fixed=True)
+
+
+# -- the weight average (train.ema_decay) ------------------------------------------------------------------
+def test_weight_average_is_the_bias_corrected_mean_of_the_weights_seen():
+    from musetok.shared.training import weight_average
+    net = torch.nn.Linear(3, 2)
+    decay = 0.9
+    avg = weight_average(net, decay)
+    seen = []
+    for i in range(5):
+        with torch.no_grad():
+            net.weight.copy_(torch.randn(2, 3) * (i + 1))
+        seen.append(net.weight.detach().clone())
+        avg.update_parameters(net)
+    w = torch.tensor([decay ** (len(seen) - 1 - i) for i in range(len(seen))])
+    want = sum(wi * s for wi, s in zip(w, seen)) / w.sum()
+    torch.testing.assert_close(avg.module.weight, want)
+    assert weight_average(net, 0.0) is None
+
+
+def test_ema_prior_saves_the_average_and_resumes_exactly(tmp_path, store):
+    from musetok.prior.train import PriorRunConfig, train_prior
+    from musetok.shared.io import load_weights
+    over = ["train.steps=30", "train.checkpoint_every=10", "train.ema_decay=0.9"]
+    run = load_config(PriorRunConfig, None, TINY_PRIOR + over)
+    train_prior(run, store, tmp_path / "full", progress=False)
+    saved = load_weights(tmp_path / "full")
+    trained = torch.load(tmp_path / "full" / "train_state.pt", weights_only=True)["model"]
+    assert any(not torch.equal(saved[k], trained[k]) for k in saved)  # the saved prior is not the last weights
+    plain = load_config(PriorRunConfig, None, TINY_PRIOR + over[:2])
+    train_prior(plain, store, tmp_path / "plain", progress=False)
+    for k, v in torch.load(tmp_path / "plain" / "train_state.pt", weights_only=True)["model"].items():
+        torch.testing.assert_close(trained[k], v, msg=k)  # averaging never touches training
+    train_prior(run, store, tmp_path / "resumed", progress=False, stop_at=13)
+    train_prior(run, store, tmp_path / "resumed", resume=True, progress=False)
+    resumed = load_weights(tmp_path / "resumed")
+    for k in saved:
+        torch.testing.assert_close(saved[k], resumed[k], msg=k)
+    assert "exponential moving average" in (tmp_path / "full" / "README.md").read_text()
+
+
+def test_ema_errors(tmp_path, store):
+    from musetok.prior.train import PriorRunConfig, train_prior
+    with pytest.raises(ConfigError, match="train.ema_decay: must be in"):
+        load_config(PriorRunConfig, None, ["train.ema_decay=1.0"])
+    run = load_config(PriorRunConfig, None, TINY_PRIOR + ["train.steps=10", "train.checkpoint_every=5"])
+    train_prior(run, store, tmp_path / "p", progress=False, stop_at=5)
+    run.train.ema_decay = 0.9
+    with pytest.raises(ConfigError, match="train_state.pt: this run was started without a weight average"):
+        train_prior(run, store, tmp_path / "p", resume=True, progress=False)
