@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", required=True, help="token store folder (from `musetok tokenize`)")
     s.add_argument("--out", required=True, help="output folder for the prior")
     s.add_argument("--tokenizer", help="the store's tokenizer folder: only to re-encode transposed windows "
-                                       "(model.pitch_shift_codes=recoded)")
+                                       "(model.pitch_shift_codes=recoded or both)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_pretrain)

@@ -165,6 +165,12 @@ PRIORS["frames_codes_conv16_shift2_recode"] = _variant("frames_codes_conv16_shif
                                                        row="prior: frames -> codes + frames, conv front-end, 16 "
                                                            "channels, windows transposed +-2 semitones and their "
                                                            "codes re-encoded (mlm)")
+# Both at once, each through a head of its own: the kept codes (the timbre gain of the shift) and the re-encoded ones
+# (which gave key back, and took the timbre gain with them when they replaced the kept ones).
+PRIORS["frames_codes_conv16_shift2_both"] = _variant("frames_codes_conv16_shift2", "model.pitch_shift_codes=both",
+                                                     row="prior: frames -> codes + frames, conv front-end, 16 "
+                                                         "channels, windows transposed +-2 semitones, their kept "
+                                                         "and re-encoded codes each a target (mlm)")
 PRIORS["frames_codes_conv_s4"] = _variant("frames_codes_conv", "model.conv_stride=4",
                                           row="prior: frames -> codes + frames, conv front-end, stride 4 (mlm)")
 # The convolution over harmonically stacked bands (Bittner et al.'s HCQT, as deep-salience pitch trackers read it):
@@ -408,7 +414,7 @@ def train_recorded(folder: Path, run, train: Callable[[bool], object]) -> None:
 
 def recoding(run: PriorRunConfig, out: Path):
     """The run's tokenizer where a prior re-encodes its transposed windows with it, else None."""
-    return load_tokenizer(out / "tokenizer") if run.model.pitch_shift_codes == "recoded" else None
+    return load_tokenizer(out / "tokenizer") if run.model.recodes else None
 
 
 def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bool, times: dict,

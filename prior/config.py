@@ -108,9 +108,10 @@ class PriorConfig:
     # drawn uniformly from -pitch_shift..pitch_shift (its frames moved along the bands; `prior.data.Transposer`),
     # the code targets left as they are (`kept`): more pitches for every sound in a few hours of audio. `recoded`:
     # each transposed window's code targets are the tokenizer's codes of its moved frames (training needs the
-    # tokenizer), so the targets move with the input and absolute pitch stays worth predicting
+    # tokenizer), so the targets move with the input and absolute pitch stays worth predicting. `both`: two code heads,
+    # one for each (the kept codes ask for a timbre that ignores the shift, the re-encoded ones for the moved sound)
     pitch_shift: int = 0
-    pitch_shift_codes: Literal["kept", "recoded"] = "kept"
+    pitch_shift_codes: Literal["kept", "recoded", "both"] = "kept"
     rpq_codebooks: int = 1          # targets=random: BEST-RQ's frozen random-projection quantisers
     rpq_size: int = 512             #   codes per quantiser
     rpq_dim: int = 16               #   projection size
@@ -204,8 +205,8 @@ class PriorConfig:
               "transposes the frames a prior reads (model.inputs frames; with codes+frames the input codes would "
               "not follow); set it to 0 for other inputs")
         check(self.pitch_shift_codes == "kept" or (self.pitch_shift > 0 and self.target_kind == "codes"),
-              "model.pitch_shift_codes", "recoded re-encodes the code targets of transposed windows: for priors that "
-              "predict the tokenizer's codes (model.targets codes) with model.pitch_shift > 0")
+              "model.pitch_shift_codes", "recoded and both re-encode the code targets of transposed windows: for "
+              "priors that predict the tokenizer's codes (model.targets codes) with model.pitch_shift > 0")
         check(self.rpq_codebooks >= 1 and self.rpq_size >= 2 and self.rpq_dim >= 1, "model.rpq_size",
               "random-projection targets need rpq_codebooks >= 1, rpq_size >= 2, rpq_dim >= 1")
 
@@ -239,7 +240,18 @@ class PriorConfig:
         """(number of codebooks, codes per codebook) the output heads predict."""
         if self.target_kind == "random":
             return self.rpq_codebooks, self.rpq_size
-        return self.num_codebooks, self.codebook_size
+        return self.num_codebooks * self.code_views, self.codebook_size
+
+    @property
+    def code_views(self) -> int:
+        """How many sets of code targets a window has: 2 with `pitch_shift_codes: both` (the store's, then the
+        re-encoded ones), else 1."""
+        return 2 if self.pitch_shift_codes == "both" and self.target_kind == "codes" else 1
+
+    @property
+    def recodes(self) -> bool:
+        """Training re-encodes transposed windows with the tokenizer."""
+        return self.pitch_shift_codes != "kept"
 
     @property
     def uses_codes(self) -> bool:

@@ -140,13 +140,18 @@ class WindowSource:
     enough), for a loss that tells windows of one recording from the rest (`aux_contrast`). With `shift` > 0 each
     window is transposed by up to that many semitones (`Transposer`; `model.pitch_shift`); with `recode` (normalised
     frames `(n, F)` -> codes `(K, n)`, the store's tokenizer) a transposed window's codes are those of its moved
-    frames, not the store's (`model.pitch_shift_codes: recoded`)."""
+    frames, not the store's (`model.pitch_shift_codes: recoded`). With `views` 2 a window has both: codes
+    `(B, 2K, T)`, the store's then the re-encoded ones (the same where a window was not moved, and for a source with
+    no shift, such as validation's; `model.pitch_shift_codes: both`)."""
 
     def __init__(self, store: TokenStore, items: list[int], max_len: int, codes: bool = True, frames: bool = False,
                  chroma: bool = False, mix: tuple[float, float] | None = None, pairs: bool = False, shift: int = 0,
-                 recode: Callable[[np.ndarray], np.ndarray] | None = None):
+                 recode: Callable[[np.ndarray], np.ndarray] | None = None, views: int = 1):
         self.store, self.items, self.max_len, self.codes, self.frames = store, items, max_len, codes, frames
         self.pairs = pairs
+        if views not in (1, 2) or (views == 2 and not codes):
+            raise ValueError(f"views must be 1, or 2 with codes, not {views}")
+        self.views = views
         self.lengths = np.array([store.items[i].length for i in items], dtype=np.int64)
         if frames and not store.has_frames:
             raise UserError(f"{store.root}: this prior reads or predicts mel frames; the store has none "
@@ -189,7 +194,8 @@ class WindowSource:
         pick, lens, starts, seeds = pick[part], lens[part], starts[part], seeds[part]
         batch_size = len(pick)
         t = int(lens.max())
-        codes = np.zeros((batch_size, self.store.meta.num_codebooks, t), np.int64) if self.codes else None
+        k = self.store.meta.num_codebooks
+        codes = np.zeros((batch_size, k * self.views, t), np.int64) if self.codes else None
         frames = np.zeros((batch_size, t, self.store.meta.frames_dim), np.float32) if self.frames else None
         for b, (j, n, start) in enumerate(zip(pick, lens, starts)):
             start = int(start)
@@ -198,9 +204,13 @@ class WindowSource:
                 if shifts is not None:
                     frames[b, :n] = self.transposer(frames[b, :n], int(shifts[b]))
             if codes is not None:
-                moved = shifts is not None and shifts[b] != 0
-                codes[b, :, :n] = self.recode(frames[b, :n]) if moved and self.recode else \
-                    self.store.window(self.items[j], start, n)
+                moved = shifts is not None and shifts[b] != 0 and self.recode is not None
+                kept = self.store.window(self.items[j], start, n)
+                if self.views == 2:
+                    codes[b, :k, :n] = kept
+                    codes[b, k:, :n] = self.recode(frames[b, :n]) if moved else kept
+                else:
+                    codes[b, :, :n] = self.recode(frames[b, :n]) if moved else kept
         return Batch(None if codes is None else torch.from_numpy(codes),
                      None if frames is None else torch.from_numpy(frames), torch.from_numpy(lens),
                      torch.from_numpy(seeds), None if self.chroma is None else torch.from_numpy(self.chroma(frames)),

@@ -67,23 +67,25 @@ def train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, res
                 progress: bool = True, stop_at: int | None = None, tokenizer=None) -> PriorTrainResult:
     """Train (or continue, with `resume`) a prior; `stop_at` ends this run early with a checkpoint. The `out`
     folder is locked for the run: a second process writing to it is refused. `tokenizer`: the store's own (a
-    loaded mel tokenizer), needed only to re-encode transposed windows (`model.pitch_shift_codes: recoded`)."""
+    loaded mel tokenizer), needed only to re-encode transposed windows
+    (`model.pitch_shift_codes: recoded` or `both`)."""
     with training.run_lock(out):
         return _train_prior(run, store_dir, out, resume, progress, stop_at, tokenizer)
 
 
-def recoder(tokenizer, store: TokenStore, store_dir: str | Path):
+def recoder(tokenizer, store: TokenStore, store_dir: str | Path, mode: str = "recoded"):
     """The store's tokenizer as a function of normalised stacked frames `(n, F)` -> codes `(K, n)`, on the CPU in
-    fp32 beside the data (a one-line error when it is missing or is another tokenizer)."""
+    fp32 beside the data (a one-line error, naming `model.pitch_shift_codes: <mode>`, when it is missing or is
+    another tokenizer)."""
     where = Path(store_dir) / "meta.json"
     if tokenizer is None:
-        raise ConfigError("model.pitch_shift_codes: recoded re-encodes transposed windows with the store's tokenizer: "
+        raise ConfigError(f"model.pitch_shift_codes: {mode} re-encodes transposed windows with the store's tokenizer: "
                           "pass it (`musetok pretrain --tokenizer DIR`)")
     if not hasattr(tokenizer, "encode_frames"):
-        raise ConfigError(f"model.pitch_shift_codes: recoded needs a mel tokenizer, not a {tokenizer.cfg.input} one")
+        raise ConfigError(f"model.pitch_shift_codes: {mode} needs a mel tokenizer, not a {tokenizer.cfg.input} one")
     if store.meta.codes_source:
         raise ConfigError(f"{where}: holds second-round codes ({store.meta.codes_source}), which no tokenizer "
-                          "re-encodes; model.pitch_shift_codes: recoded needs the tokenizer's own store")
+                          f"re-encodes; model.pitch_shift_codes: {mode} needs the tokenizer's own store")
     if tokenizer.tokenizer_id != store.meta.tokenizer_id:
         raise ConfigError(f"{where}: the store holds the codes of tokenizer {store.meta.tokenizer_id}, not of the "
                           f"tokenizer given to re-encode them ({tokenizer.tokenizer_id})")
@@ -107,7 +109,7 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
     check_tokenizer(mc, store.meta, store_dir)  # a prior reads the tokenizer's codes, never second-round ones
     if resume:  # the run's checkpoint must come from a store of the same tokenizer and codes
         check_tokenizer(read_prior_config(out), store.meta, store_dir, targets=True)
-    recode = recoder(tokenizer, store, store_dir) if mc.pitch_shift_codes == "recoded" else None
+    recode = recoder(tokenizer, store, store_dir, mc.pitch_shift_codes) if mc.recodes else None
     r = training.start_run(out, resume, tc)
     out, d, device = r.out, r.dist, r.device
     amp = training.autocast_dtype(tc.dtype, device)
@@ -123,7 +125,7 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                           f"give each of the {d.world} processes an even number")
     train_src, valid_src = (WindowSource(store, [pos[p] for p in part], mc.max_len, mc.uses_codes, mc.uses_frames,
                                          mc.aux_chroma > 0, mix, pairs=mc.aux_contrast > 0, shift=shift,
-                                         recode=recode if shift else None)
+                                         recode=recode if shift else None, views=mc.code_views)
                             for part, mix, shift in ((train_paths, (mc.mix_prob, mc.mix_db), mc.pitch_shift),
                                                      (valid_paths, None, 0)))  # validation stays clean
     if d.is_main:
@@ -211,8 +213,9 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                                            + (f"; {mc.mix_prob:.0%} of training windows heard with another mixed in "
                                               f"at +-{mc.mix_db:g} dB" if mc.mix_prob > 0 else "")
                                            + (f"; training windows transposed by up to +-{mc.pitch_shift} semitones"
-                                              + (", their code targets re-encoded by the tokenizer"
-                                                 if mc.pitch_shift_codes == "recoded" else "")
+                                              + {"kept": "", "recoded": ", their code targets re-encoded by the "
+                                                 "tokenizer", "both": ", the kept and the re-encoded code targets "
+                                                 "each through a head of its own"}[mc.pitch_shift_codes]
                                               if mc.pitch_shift else "")
                                            + ("; masked frames read as noise" if mc.mask_fill == "noise" else "")
                                            + {"learned": "", "fixed": "; frames through a fixed random orthogonal "

@@ -159,6 +159,17 @@ def test_recoded_windows_predict_the_codes_of_their_moved_frames(semitone_store)
             assert (b.codes[i, :, n:] == 0).all()
             changed += int(not torch.equal(b.codes[i, :, :n], tok.encode_frames(clean.frames[i:i + 1, :n])[0]))
     assert changed  # the tokenizer heard the transposition: moved tones got other codes than clean ones
+    # `both`: the kept codes, then the re-encoded ones, of the same windows moved alike
+    two = WindowSource(s, items, 32, codes=True, frames=True, shift=4, recode=recode, views=2).batch(3, 7, 8)
+    torch.testing.assert_close(two.frames, b.frames)
+    torch.testing.assert_close(two.codes[:, :1], a.codes)
+    torch.testing.assert_close(two.codes[:, 1:], b.codes)
+    assert not torch.equal(two.codes[:, :1], two.codes[:, 1:])
+    # unmoved windows (validation's) have the store's codes twice
+    still = WindowSource(s, items, 32, codes=True, frames=True, views=2).batch(3, 7, 8)
+    torch.testing.assert_close(still.codes, clean.codes.repeat(1, 2, 1))
+    with pytest.raises(ValueError, match="views"):
+        WindowSource(s, items, 32, codes=False, frames=True, views=2)
 
 
 def test_recoding_needs_the_stores_tokenizer_and_trains_with_it(semitone_store, trained_tokenizer, tmp_path):
@@ -182,3 +193,17 @@ def test_recoding_needs_the_stores_tokenizer_and_trains_with_it(semitone_store, 
     assert r.steps == 2 and (tmp_path / "p" / "model.safetensors").exists()
     assert "transposed by up to +-2 semitones, their code targets re-encoded by the tokenizer |" in \
         (tmp_path / "p" / "README.md").read_text()
+    # both: a head for the kept codes and one for the re-encoded ones
+    both = load_config(PriorRunConfig, None, TINY_PRIOR + ["model.inputs=frames", "model.pitch_shift=2",
+                                                           "model.pitch_shift_codes=both", "train.steps=2"])
+    assert both.model.target_codebooks[0] == 2 * run.model.target_codebooks[0]
+    with pytest.raises(ConfigError, match="model.pitch_shift_codes: both .*--tokenizer"):
+        train_prior(both, semitone_store[0], tmp_path / "b", progress=False)
+    r = train_prior(both, semitone_store[0], tmp_path / "b", progress=False,
+                    tokenizer=load_tokenizer(semitone_store[0].parent / "tokenizer"))
+    assert r.steps == 2 and r.valid_accuracy is not None
+    from musetok.prior.builder import load_prior
+    head = load_prior(tmp_path / "b").head_bias
+    assert head.shape == (2, TokenStore(semitone_store[0]).meta.codebook_size)
+    assert "the kept and the re-encoded code targets each through a head of its own |" in \
+        (tmp_path / "b" / "README.md").read_text()
