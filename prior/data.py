@@ -194,8 +194,7 @@ class WindowSource:
         pick, lens, starts, seeds = pick[part], lens[part], starts[part], seeds[part]
         batch_size = len(pick)
         t = int(lens.max())
-        k = self.store.meta.num_codebooks
-        codes = np.zeros((batch_size, k * self.views, t), np.int64) if self.codes else None
+        codes = np.zeros((batch_size, self.store.meta.num_codebooks * self.views, t), np.int64) if self.codes else None
         frames = np.zeros((batch_size, t, self.store.meta.frames_dim), np.float32) if self.frames else None
         for b, (j, n, start) in enumerate(zip(pick, lens, starts)):
             start = int(start)
@@ -205,12 +204,9 @@ class WindowSource:
                     frames[b, :n] = self.transposer(frames[b, :n], int(shifts[b]))
             if codes is not None:
                 moved = shifts is not None and shifts[b] != 0 and self.recode is not None
-                kept = self.store.window(self.items[j], start, n)
-                if self.views == 2:
-                    codes[b, :k, :n] = kept
-                    codes[b, k:, :n] = self.recode(frames[b, :n]) if moved else kept
-                else:
-                    codes[b, :, :n] = self.recode(frames[b, :n]) if moved else kept
+                kept = None if moved and self.views == 1 else self.store.window(self.items[j], start, n)
+                recoded = self.recode(frames[b, :n]) if moved else kept
+                codes[b, :, :n] = recoded if self.views == 1 else np.concatenate([kept, recoded])
         return Batch(None if codes is None else torch.from_numpy(codes),
                      None if frames is None else torch.from_numpy(frames), torch.from_numpy(lens),
                      torch.from_numpy(seeds), None if self.chroma is None else torch.from_numpy(self.chroma(frames)),
