@@ -246,7 +246,7 @@ class PriorConfig:
     def code_views(self) -> int:
         """How many sets of code targets a window has: 2 with `pitch_shift_codes: both` (the store's, then the
         re-encoded ones), else 1."""
-        return 2 if self.pitch_shift_codes == "both" and self.target_kind == "codes" else 1
+        return 2 if self.pitch_shift_codes == "both" else 1  # validated: only with code targets
 
     @property
     def recodes(self) -> bool:

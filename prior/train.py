@@ -73,7 +73,7 @@ def train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, res
         return _train_prior(run, store_dir, out, resume, progress, stop_at, tokenizer)
 
 
-def recoder(tokenizer, store: TokenStore, store_dir: str | Path, mode: str = "recoded"):
+def recoder(tokenizer, store: TokenStore, store_dir: str | Path, mode: str):
     """The store's tokenizer as a function of normalised stacked frames `(n, F)` -> codes `(K, n)`, on the CPU in
     fp32 beside the data (a one-line error, naming `model.pitch_shift_codes: <mode>`, when it is missing or is
     another tokenizer)."""
