@@ -127,7 +127,7 @@ def cmd_bench_repr(a: argparse.Namespace) -> int:
     report, _ = bench_repr(a.out, data=a.data, quick=a.quick, seed=a.seed, probes=tuple(a.probes.split(",")),
                            progress=not a.quiet, command=command.strip(), prior_overrides=a.overrides,
                            priors=tuple(p for p in a.priors.split(",") if p),
-                           tokenizer_overrides=a.tokenizer_overrides)
+                           tokenizer_overrides=a.tokenizer_overrides, pool=a.pool)
     print("\n" + report.read_text())
     print(f"table, plots and the run record are in {a.out} (report: {report})")
     return 0
@@ -136,7 +136,7 @@ def cmd_bench_repr(a: argparse.Namespace) -> int:
 def cmd_bundle(a: argparse.Namespace) -> int:
     from musetok.embedding.hear import write_bundle
 
-    out = write_bundle(a.tokenizer, a.prior, a.out, layers=a.layers, combine=a.combine)
+    out = write_bundle(a.tokenizer, a.prior, a.out, layers=a.layers, combine=a.combine, pool=a.pool)
     print(f"bundle -> {out} (HEAR module musetok.embedding.hear; check it with: "
           f"hearvalidator musetok.embedding.hear --model {out})")
     return 0
@@ -225,9 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--store", help="an existing token store (skips tokenizing)")
     s.add_argument("--out", required=True, help="output path; writes OUT.npy (or .npz) and OUT.csv")
     s.add_argument("--layers", default="all", help="all | last | comma-separated numbers or names (default all)")
-    s.add_argument("--pool", choices=["mean", "meanstd", "max", "none"], default="mean",
-                   help="over time: mean -> [N, L, D], meanstd -> [N, L, 2D] (mean then std), max -> [N, L, D]; "
-                        "none keeps frames -> [frames, L, D] (default mean)")
+    s.add_argument("--pool", choices=["meanstdmax", "meanstd", "mean", "max", "none"], default="meanstdmax",
+                   help="over time: meanstdmax -> [N, L, 3D] (mean, std, max: what bench-repr probes), meanstd -> "
+                        "[N, L, 2D], mean or max -> [N, L, D]; none keeps frames -> [frames, L, D] "
+                        "(default meanstdmax)")
     s.add_argument("--format", choices=["npy", "npz"], default="npy")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--device", default="cpu")
@@ -278,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "bands) and the continuous control (frames, always trained) by default; every lever measured "
                         "is a named preset too (frames_codes_conv16_shift2, frames_codes_conv16_ema, frames_kmeans, "
                         "...: PRIORS in evaluation/bench_repr.py says what each is; an unknown name lists them all)")
+    s.add_argument("--pool", choices=["meanstdmax", "meanstd", "mean", "max"], default="meanstdmax",
+                   help="how every row is pooled over time (default meanstdmax: mean, std and max, as `embed` "
+                        "writes; meanstd gives the tables before 2026-12-07)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_bench_repr)
@@ -289,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layers", default="all", help="states that feed HEAR embeddings: all | last | names (default all)")
     s.add_argument("--combine", choices=["concat", "mean"], default="concat",
                    help="how the chosen layers are combined (default concat)")
+    s.add_argument("--pool", choices=["meanstdmax", "meanstd", "mean", "max"], default="meanstdmax",
+                   help="how scene embeddings pool the frames over time (default meanstdmax: mean, std and max)")
     s.set_defaults(fn=cmd_bundle)
 
     s = sub.add_parser("relabel", help="second-round codes (HuBERT): k-means on a trained prior's layer, written as a "

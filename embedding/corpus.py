@@ -1,6 +1,7 @@
 """A whole corpus -> embedding files: `musetok embed --tokenizer T --prior P --audio DIR --out OUT`.
 
-Writes `OUT.npy` (float32 `[N, L, D]` pooled over time; `[frames, L, D]` with `pool="none"`, rows of
+Writes `OUT.npy` (float32 `[N, L, 3D]` pooled over time: mean, std and max, `DEFAULT_POOL`; `[N, L, 2D]` with
+`pool="meanstd"`, `[N, L, D]` with `mean` or `max`; `[frames, L, D]` with `pool="none"`, rows of
 clip i at `offset:offset+length` of the index) or `OUT.npz` (`embeddings`, `paths`, `layers`,
 `frame_rate`, `pool`), plus `OUT.csv` with one row per embedded clip and `OUT.layers.txt`.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from musetok.embedding.embedder import POOLS, Embedder
+from musetok.embedding.embedder import DEFAULT_POOL, POOLS, Embedder, pool_factor
 from musetok.prior.builder import check_tokenizer
 from musetok.prior.model import join_input
 from musetok.shared.audio import AudioError, list_audio
@@ -79,7 +80,7 @@ def _store_loader(embedder: Embedder, store: str | Path):
 
 
 def embed_corpus(embedder: Embedder, out: str | Path, audio: str | Path | None = None,
-                 store: str | Path | None = None, layers: str = "all", pool: str = "mean",
+                 store: str | Path | None = None, layers: str = "all", pool: str = DEFAULT_POOL,
                  fmt: str = "npy", files_per_batch: int = 16, progress: bool = True) -> EmbedResult:
     """Embed every file of a corpus (audio folder/manifest, or an existing token store); see the module doc."""
     t0 = time.time()
@@ -122,7 +123,7 @@ def embed_corpus(embedder: Embedder, out: str | Path, audio: str | Path | None =
         bar.set_postfix(rtf=f"{seconds / max(time.time() - t0, 1e-9):.0f}x", failed=len(failed))
     bar.close()
     layer_names = [embedder.layer_names[i] for i in sel]
-    d = embedder.prior.cfg.dim * (2 if pool == "meanstd" else 1)
+    d = embedder.prior.cfg.dim * pool_factor(pool)
     emb_all = np.concatenate(arrays) if arrays else np.zeros((0, len(sel), d), np.float32)
     # every file is written whole or not at all (a full disk leaves no half-written array behind)
     if fmt == "npz":
@@ -150,7 +151,7 @@ def _save(path: str, fn, *args, **kw) -> None:
 
 
 def embed(tokenizer_dir: str | Path, prior_dir: str | Path, out: str | Path, audio: str | Path | None = None,
-          store: str | Path | None = None, layers: str = "all", pool: str = "mean", fmt: str = "npy",
+          store: str | Path | None = None, layers: str = "all", pool: str = DEFAULT_POOL, fmt: str = "npy",
           batch_size: int = 16, device: str = "cpu", progress: bool = True) -> EmbedResult:
     """`musetok embed`: load the tokenizer and prior, then `embed_corpus`."""
     if batch_size < 1:

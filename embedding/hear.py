@@ -9,9 +9,12 @@ A bundle is a folder with `tokenizer/`, `prior/` and `hear.json`; `musetok bundl
 states feed the embedding is the bundle's documented choice (`hear.json`):
 - `layers`: `all` (default), `last`, or layer names / numbers (`input,layer2`);
 - `combine`: `concat` (default; the layers side by side, as HEAR submissions built on transformers do) or
-  `mean` (their average, one layer's width).
+  `mean` (their average, one layer's width);
+- `pool`: how scene embeddings summarise the timestamp embeddings over time: `meanstdmax` (what `musetok bundle`
+  writes: their mean, standard deviation and maximum side by side, 3x the width; what `musetok embed` writes and
+  the representation benchmark probes), `meanstd`, `mean` (a bundle without the key) or `max`.
 Timestamp embeddings are the prior's frames at the tokenizer's code rate (43 Hz, one every 23 ms for the
-`small` tokenizer); timestamps are frame centres in milliseconds. Scene embeddings are their time-mean.
+`small` tokenizer); timestamps are frame centres in milliseconds.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 import torch
 
 from musetok.embedding.corpus import parse_layers
-from musetok.embedding.embedder import Embedder
+from musetok.embedding.embedder import DEFAULT_POOL, POOLS, Embedder, pool_factor, pool_frames
 from musetok.shared.errors import UserError
 from musetok.shared.hub import resolve_folder
 from musetok.shared.io import write_json
@@ -35,20 +38,22 @@ HEAR_RATES = (16000, 22050, 44100, 48000)
 class HearModel(torch.nn.Module):
     """An `Embedder` with the attributes the HEAR API asks for."""
 
-    def __init__(self, embedder: Embedder, layers: str = "all", combine: str = "concat"):
+    def __init__(self, embedder: Embedder, layers: str = "all", combine: str = "concat", pool: str = DEFAULT_POOL):
         super().__init__()
         if combine not in ("concat", "mean"):
             raise UserError(f"{HEAR_FILE}: combine must be 'concat' or 'mean', got {combine!r}")
+        if pool not in POOLS:
+            raise UserError(f"{HEAR_FILE}: pool must be one of {', '.join(POOLS)}, got {pool!r}")
         self.embedder = embedder
         self.tokenizer, self.prior = embedder.tokenizer, embedder.prior  # registered as submodules
         self.layer_index = parse_layers(layers, embedder.layer_names)
-        self.combine = combine
+        self.combine, self.pool = combine, pool
         self.sample_rate = embedder.tokenizer.sample_rate
         if self.sample_rate not in HEAR_RATES:
             raise UserError(f"the tokenizer runs at {self.sample_rate} Hz; HEAR models must take one of {HEAR_RATES}")
         width = embedder.prior.cfg.dim
         self.timestamp_embedding_size = width * (len(self.layer_index) if combine == "concat" else 1)
-        self.scene_embedding_size = self.timestamp_embedding_size
+        self.scene_embedding_size = self.timestamp_embedding_size * pool_factor(pool)
 
     def frames(self, audio: torch.Tensor) -> torch.Tensor:
         """`(n_sounds, n_samples)` -> `(n_sounds, n_frames, timestamp_embedding_size)` float32."""
@@ -71,7 +76,8 @@ def load_model(model_file_path: str = "") -> HearModel:
     folder = resolve_folder(model_file_path)
     cfg = json.loads((folder / HEAR_FILE).read_text()) if (folder / HEAR_FILE).is_file() else {}
     emb = Embedder.from_pretrained(folder / "tokenizer", folder / "prior")
-    return HearModel(emb, cfg.get("layers", "all"), cfg.get("combine", "concat")).eval()
+    # a bundle written before `pool` existed documented time-mean scene embeddings
+    return HearModel(emb, cfg.get("layers", "all"), cfg.get("combine", "concat"), cfg.get("pool", "mean")).eval()
 
 
 @torch.no_grad()
@@ -91,20 +97,21 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[tor
 
 @torch.no_grad()
 def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
-    """Returns `(n_sounds, scene_embedding_size)` float32: the time-mean of the timestamp embeddings."""
-    return model.frames(audio).mean(1)
+    """Returns `(n_sounds, scene_embedding_size)` float32: the timestamp embeddings pooled over time as the
+    bundle's `pool` says (by default their mean, standard deviation and maximum side by side)."""
+    return pool_frames(model.frames(audio).transpose(0, 1), model.pool)
 
 
 def write_bundle(tokenizer_dir: str | Path, prior_dir: str | Path, out: str | Path, layers: str = "all",
-                 combine: str = "concat") -> Path:
+                 combine: str = "concat", pool: str = DEFAULT_POOL) -> Path:
     """Copy a tokenizer and its prior into one folder with `hear.json` (checked by loading it)."""
     out = Path(out)
     emb = Embedder.from_pretrained(tokenizer_dir, prior_dir)  # refuses a prior of another tokenizer
-    HearModel(emb, layers, combine)  # checks layers and combine
+    HearModel(emb, layers, combine, pool)  # checks layers, combine and pool
     for name, src in (("tokenizer", tokenizer_dir), ("prior", prior_dir)):
         shutil.copytree(src, out / name, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("train_state.pt", ".lock*", "*.tmp"))
-    write_json(out / HEAR_FILE, {"layers": layers, "combine": combine,
+    write_json(out / HEAR_FILE, {"layers": layers, "combine": combine, "pool": pool,
                                  "module": "musetok.embedding.hear", "sample_rate": emb.tokenizer.sample_rate})
     return out
 

@@ -1,6 +1,7 @@
 """Baseline features for the probes: what a user already has, and controls for what the prior adds.
 
-Hand-crafted (per clip, from audio): MFCC + deltas mean/std, log-mel mean/std, chroma (CQT) mean/std.
+Hand-crafted (per clip, from audio): MFCC + deltas, log-mel and chroma (CQT) frames, each pooled over time as the
+priors' states are (`DEFAULT_POOL`: mean, standard deviation and maximum of each coefficient).
 Bag of codes (from the tokenizer alone): a normalised histogram of each codebook's codes.
 The random-weights prior and the continuous `masked_frames` prior go through `Embedder` like the real one.
 """
@@ -14,6 +15,7 @@ import librosa
 import numpy as np
 import torch
 
+from musetok.embedding.embedder import DEFAULT_POOL, pool_frames
 from musetok.shared.audio import load_audio
 from musetok.shared.mel import MelConfig, MelFrontend
 
@@ -21,8 +23,10 @@ HANDCRAFTED = ("mfcc", "logmel", "chroma")
 
 
 def handcrafted_features(paths: list[Path], sample_rate: int = 22050, which: tuple[str, ...] = HANDCRAFTED,
-                         progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """Decode each file once and compute the requested clip-level features. Returns name -> `(N, D)`."""
+                         progress: Callable[[int], None] | None = None, pool: str = DEFAULT_POOL
+                         ) -> dict[str, np.ndarray]:
+    """Decode each file once and compute the requested clip-level features, `pool`ed over time (`pool_frames`).
+    Returns name -> `(N, D)`."""
     fe = MelFrontend(MelConfig(sample_rate=sample_rate))
     out: dict[str, list[np.ndarray]] = {k: [] for k in which}
     for i, p in enumerate(paths):
@@ -31,14 +35,14 @@ def handcrafted_features(paths: list[Path], sample_rate: int = 22050, which: tup
             with torch.no_grad():
                 logmel = fe(torch.from_numpy(y)).numpy()  # (n_mels, T)
         if "logmel" in which:
-            out["logmel"].append(np.concatenate([logmel.mean(1), logmel.std(1)]))
+            out["logmel"].append(pool_frames(np.ascontiguousarray(logmel.T), pool))
         if "mfcc" in which:
             mfcc = librosa.feature.mfcc(S=librosa.power_to_db(np.exp(logmel)), n_mfcc=20)
             feats = np.concatenate([mfcc, librosa.feature.delta(mfcc)])
-            out["mfcc"].append(np.concatenate([feats.mean(1), feats.std(1)]))
+            out["mfcc"].append(pool_frames(np.ascontiguousarray(feats.T), pool))
         if "chroma" in which:
             chroma = librosa.feature.chroma_cqt(y=y, sr=sample_rate, fmin=librosa.midi_to_hz(36))
-            out["chroma"].append(np.concatenate([chroma.mean(1), chroma.std(1)]))
+            out["chroma"].append(pool_frames(np.ascontiguousarray(chroma.T), pool))
         if progress:
             progress(i + 1)
     return {k: np.stack(v).astype(np.float32) for k, v in out.items()}

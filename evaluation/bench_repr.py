@@ -16,7 +16,8 @@ For each suite (the synthetic one always; the real-music dev kit when `--data` p
    beside a learned one, half the width each (`frames_codes_split`, `frames_split`);
 2. probe sets whose audio the tokenizer, its normaliser and the priors never saw (checked by path and
    by content hash: the benchmark refuses to run otherwise);
-3. rows, all pooled over time the same way (mean and standard deviation, `meanstd`): every prior per
+3. rows, all pooled over time the same way (`--pool`; by default mean, standard deviation and maximum,
+   `meanstdmax`, what `musetok embed` writes): every prior per
    layer, and the mean and the concatenation of its layers (the candidate chosen on validation), the
    codes -> codes and the recommended prior with random weights, bag of codes (code histogram),
    MFCC(+delta), log-mel and CQT-chroma statistics, and the priors' own input (the tokenizer's front-end
@@ -46,6 +47,7 @@ import torch
 from musetok.demo.corpus import DemoCorpusConfig, make_demo_corpus
 from musetok.demo.notes import NoteSetConfig, make_note_set
 from musetok.embedding import Embedder
+from musetok.embedding.embedder import DEFAULT_POOL, POOL_LABELS, POOLS, pool_frames
 from musetok.embedding.relabel import relabel_store
 from musetok.evaluation.baselines import bag_of_codes, handcrafted_features
 from musetok.evaluation.evaluate import slug
@@ -66,7 +68,6 @@ from musetok.tokenizer.encode_corpus import tokenize_corpus
 from musetok.tokenizer.train import TokenizerRunConfig, train_tokenizer
 
 log = logging.getLogger("musetok")
-POOL = "meanstd"
 # The priors the benchmark can train, all with the `small` config at equal compute: name -> (settings, row).
 # `frames` (the continuous control) is always trained.
 # Every preset names its front-end (`model.frame_conv`, `model.conv_channels`), so each means what it meant when it
@@ -250,9 +251,16 @@ RANDOM = {"codes": "random-weights prior (codes -> codes)",
 # Trained by default: the Jukebox route, the recommended prior and the continuous control (more: --priors).
 DEFAULT_PRIORS = ("codes", RECOMMENDED, "frames")
 # The hand-crafted rows a prior must beat (issue 11's bar): clip statistics from audio, and the priors' own input
-# pooled alike (its row's name ends with FRONTEND_SUFFIX).
-HANDCRAFTED_ROWS = ("mfcc+delta mean/std", "log-mel mean/std", "chroma (CQT) mean/std")
-FRONTEND_SUFFIX = " (the priors' input) mean/std"
+# (a row named "<scale> spectrogram" + FRONTEND), each named with its pooling's label (`handcrafted_rows`).
+HANDCRAFTED = ("mfcc+delta", "log-mel", "chroma (CQT)")
+FRONTEND = " (the priors' input)"
+
+
+def handcrafted_rows(pool: str = DEFAULT_POOL) -> tuple[str, ...]:
+    """The audio feature rows' names for a pooling, e.g. "mfcc+delta mean/std/max"."""
+    return tuple(f"{h} {POOL_LABELS[pool]}" for h in HANDCRAFTED)
+
+
 # Clip embeddings from several layers, offered to the probe beside each single layer (HEAR-style).
 COMBINED = ("mean of layers", "concat of layers")
 
@@ -467,21 +475,21 @@ def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bo
 
 
 # -- features -------------------------------------------------------------------------------------------
-def pooled(emb: Embedder, inputs: list[np.ndarray], batch: int = 32) -> list[np.ndarray]:
-    """Prior inputs -> the mean/std-pooled states of every layer, `(N, 2D)` each, then of the `COMBINED`
-    layers: their frame-wise mean `(N, 2D)` and their concatenation `(N, 2LD)`."""
+def pooled(emb: Embedder, inputs: list[np.ndarray], pool: str = DEFAULT_POOL, batch: int = 32) -> list[np.ndarray]:
+    """Prior inputs -> the pooled states of every layer, `(N, pD)` each (p: 3 for mean/std/max), then of the
+    `COMBINED` layers: their frame-wise mean `(N, pD)` and their concatenation `(N, pLD)`."""
     out = []
     for i in range(0, len(inputs), batch):
         for e in emb.embed_inputs(inputs[i:i + batch]):
             x = e.stacked()  # (T, L, D), once for both
-            per_layer = torch.cat([x.mean(0), x.std(0, unbiased=False)], dim=-1)  # (L, 2D), as e.pooled("meanstd")
-            mean = x.mean(1)  # (T, D): the frame-wise mean of the layers
-            out.append([*per_layer, torch.cat([mean.mean(0), mean.std(0, unbiased=False)]), per_layer.flatten()])
+            per_layer = pool_frames(x, pool)  # (L, pD), as e.pooled(pool)
+            out.append([*per_layer, pool_frames(x.mean(1), pool), per_layer.flatten()])
     return [np.stack([o[j].numpy() for o in out]).astype(np.float32) for j in range(len(out[0]))]
 
 
 def features(out: Path, paths: list[Path], seed: int, times: dict, priors: tuple[str, ...],
-             random_cfgs: dict[str, PriorConfig]) -> tuple[dict[str, np.ndarray | list[np.ndarray]], list[str]]:
+             random_cfgs: dict[str, PriorConfig], pool: str = DEFAULT_POOL
+             ) -> tuple[dict[str, np.ndarray | list[np.ndarray]], list[str]]:
     """Every row of the table for these clips: name -> `(N, D)`, or for the priors a list of `(N, D_i)`
     candidates (each layer, then `COMBINED`); plus the priors' candidate names."""
     tok = load_tokenizer(out / "tokenizer")
@@ -496,31 +504,29 @@ def features(out: Path, paths: list[Path], seed: int, times: dict, priors: tuple
     for name, emb in randoms.items():
         if name not in inputs:
             inputs[name] = [emb.inputs_from_file(p) for p in paths]
-    feats = {PRIORS[name][1]: pooled(emb, inputs[name]) for name, emb in embs.items()}
-    feats.update({RANDOM[name]: pooled(emb, inputs[name]) for name, emb in randoms.items()})
+    feats = {PRIORS[name][1]: pooled(emb, inputs[name], pool) for name, emb in embs.items()}
+    feats.update({RANDOM[name]: pooled(emb, inputs[name], pool) for name, emb in randoms.items()})
     codes = inputs["codes"]
     feats["bag of codes"] = np.stack([bag_of_codes(c, tok.codebook_size) for c in codes])
     times["embed"] = times.get("embed", 0.0) + time.time() - t
     t = time.time()
-    hand = handcrafted_features(paths, tok.sample_rate)
-    feats.update({HANDCRAFTED_ROWS[0]: hand["mfcc"], HANDCRAFTED_ROWS[1]: hand["logmel"],
-                  HANDCRAFTED_ROWS[2]: hand["chroma"]})
-    feats[frontend_row(tok)] = np.stack([frontend_stats(f, tok.cfg.mel.n_mels) for f in inputs["frames"]])
+    hand = handcrafted_features(paths, tok.sample_rate, pool=pool)
+    feats.update(dict(zip(handcrafted_rows(pool), (hand["mfcc"], hand["logmel"], hand["chroma"]))))
+    feats[frontend_row(tok, pool)] = np.stack([frontend_stats(f, tok.cfg.mel.n_mels, pool) for f in inputs["frames"]])
     times["baselines"] = times.get("baselines", 0.0) + time.time() - t
     return feats, randoms["codes"].layer_names + list(COMBINED)
 
 
-def frontend_row(tok) -> str:
+def frontend_row(tok, pool: str = DEFAULT_POOL) -> str:
     """The row of the priors' own input, pooled: the tokenizer's front-end, a hand-crafted feature too."""
     scale = "log-semitone" if tok.cfg.mel.scale == "semitone" else "log-mel"
-    return f"{scale} spectrogram{FRONTEND_SUFFIX}"
+    return f"{scale} spectrogram{FRONTEND} {POOL_LABELS[pool]}"
 
 
-def frontend_stats(frames: np.ndarray, bands: int) -> np.ndarray:
-    """The frames priors read, `(T, S * bands)` normalised and stacked, -> mean and std of each band over every
-    mel frame `(2 * bands,)`. The hand-crafted row a frame prior must beat: its own input, with no training."""
-    x = frames.reshape(-1, bands)
-    return np.concatenate([x.mean(0), x.std(0)]).astype(np.float32)
+def frontend_stats(frames: np.ndarray, bands: int, pool: str = DEFAULT_POOL) -> np.ndarray:
+    """The frames priors read, `(T, S * bands)` normalised and stacked, -> each band pooled over every mel frame
+    (`(3 * bands,)` for mean/std/max). The hand-crafted row a frame prior must beat: its own input, untrained."""
+    return pool_frames(np.ascontiguousarray(frames.reshape(-1, bands), dtype=np.float32), pool)
 
 
 # -- probes ---------------------------------------------------------------------------------------------
@@ -582,8 +588,14 @@ TARGET_GAIN = 0.15  # the mean relative gain over the best hand-crafted feature 
 CURVE_TASKS = ("key", "pitch")  # tasks whose layer curve should rise above the input layer
 
 
+def is_audio_row(name: str) -> bool:
+    """MFCC, log-mel or chroma, with any pooling."""
+    return any(name == f"{h} {label}" for h in HANDCRAFTED for label in POOL_LABELS.values())
+
+
 def is_handcrafted(name: str) -> bool:
-    return name in HANDCRAFTED_ROWS or name.endswith(FRONTEND_SUFFIX)
+    """An audio feature row or the priors' own input, with any pooling."""
+    return is_audio_row(name) or any(name.endswith(f"{FRONTEND} {label}") for label in POOL_LABELS.values())
 
 
 @dataclass
@@ -670,7 +682,7 @@ def target_rows(cells: list[Cell], control: str = PRIORS["frames"][1]) -> list[T
         row = TargetRow(n, {}, {}, {}, {})
         for st in tasks:
             c = by.get((*st, n))
-            audio = [by[(*st, h)].mean for h in HANDCRAFTED_ROWS if (*st, h) in by]
+            audio = [c2.mean for (s2, t2, h), c2 in by.items() if (s2, t2) == st and is_audio_row(h)]
             if c is None or st not in best:
                 continue
             row.gains[st] = c.mean / max(best[st], 1e-9) - 1
@@ -770,7 +782,8 @@ def write_outputs(out: Path, cells: list[Cell], record: dict) -> Path:
     lines = ["# musetok representation benchmark", "",
              f"Command: `{record['command']}`. Wall time {record['wall_seconds']:.0f} s on "
              f"{record['threads']} threads.", "",
-             f"Every row is pooled over time the same way ({POOL}: mean and standard deviation; bag of codes is "
+             f"Every row is pooled over time the same way ({POOL_LABELS[record['pool']]}, `--pool {record['pool']}`; "
+             "bag of codes is "
              "a code histogram). Linear probes; layer and C chosen on validation log-loss; each cell is the "
              f"test metric's mean ± std over {record['splits']} grouped splits (seeds {record['split_seeds']}); "
              "[layer] is the layer chosen most often. Best row per task in bold. No probed clip was seen in "
@@ -794,8 +807,8 @@ def write_outputs(out: Path, cells: list[Cell], record: dict) -> Path:
 def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = False, sizes: BenchSizes | None = None,
                seed: int = 0, probes: tuple[str, ...] = ("linear",), progress: bool = True,
                command: str = "musetok bench-repr", prior_overrides: list[str] = (),
-               priors: tuple[str, ...] = DEFAULT_PRIORS, tokenizer_overrides: list[str] = ()
-               ) -> tuple[Path, list[Cell]]:
+               priors: tuple[str, ...] = DEFAULT_PRIORS, tokenizer_overrides: list[str] = (),
+               pool: str = DEFAULT_POOL) -> tuple[Path, list[Cell]]:
     """Run the benchmark into `out` (see the module doc); `data`: the dev kit folder (music/ and notes/) for the
     real-music suite; `prior_overrides` / `tokenizer_overrides`: `key=value` settings applied to every prior
     alike / to the tokenizer (a lever to measure, e.g. `model.mask_span=17`); `priors`: which of `PRIORS` to
@@ -803,6 +816,8 @@ def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = Fa
     unknown = [p for p in priors if p not in PRIORS]
     if unknown:
         raise UserError(f"--priors: unknown prior '{unknown[0]}' (known: {', '.join(PRIORS)})")
+    if pool not in POOLS:
+        raise UserError(f"--pool: unknown pooling '{pool}' (known: {', '.join(POOLS)})")
     priors = tuple(dict.fromkeys([*priors, "frames"]))
     if SECOND_ROUND in priors:  # its first round comes first
         priors = tuple(dict.fromkeys([p for p in priors if p != SECOND_ROUND] + [RECOMMENDED, SECOND_ROUND]))
@@ -814,7 +829,7 @@ def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = Fa
         suites.append(devkit_suite(Path(data)))
     cells: list[Cell] = []
     record = {"command": command, "seed": seed, "splits": sizes.splits,
-              "split_seeds": [seed + s for s in range(sizes.splits)], "probes": list(probes), "pool": POOL,
+              "split_seeds": [seed + s for s in range(sizes.splits)], "probes": list(probes), "pool": pool,
               "sizes": asdict(sizes), "prior_overrides": list(prior_overrides),
               "tokenizer_overrides": list(tokenizer_overrides), "priors": list(priors),
               "threads": torch.get_num_threads(),
@@ -835,7 +850,7 @@ def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = Fa
         configs = pretrain(suite, work, sizes, seed, progress, times, prior_overrides, priors, tokenizer_overrides)
         store = TokenStore(work / "store")
         random_cfgs = configs.pop("random")
-        feats = {ps.name: features(work, probe_files[ps.name], seed, times, priors, random_cfgs)
+        feats = {ps.name: features(work, probe_files[ps.name], seed, times, priors, random_cfgs, pool)
                  for ps in suite.probe_sets}
         t = time.time()
         cells += probe_suite(suite, feats, sizes, seed, probes)

@@ -11,8 +11,7 @@ import torch
 
 from musetok.cli import main
 from musetok.evaluation.bench_repr import (
-    FRONTEND_SUFFIX,
-    HANDCRAFTED_ROWS,
+    FRONTEND,
     PRIORS,
     RANDOM,
     RECOMMENDED,
@@ -22,7 +21,9 @@ from musetok.evaluation.bench_repr import (
     check_disjoint,
     format_target,
     frontend_stats,
+    handcrafted_rows,
     headroom,
+    is_handcrafted,
     reuse,
     target_rows,
     train_recorded,
@@ -54,8 +55,8 @@ def test_quick_bench_writes_the_table_with_mean_and_std(bench):
                 PRIORS[RECOMMENDED][1], "prior: frames -> second-round codes + frames (HuBERT)",
                 "prior: frames -> codes + frames + chroma (mlm, MERT-style)",
                 "prior: frames -> frames (masked_frames)", *RANDOM.values(), "bag of codes",
-                "mfcc+delta mean/std", "log-mel mean/std", "chroma (CQT) mean/std",
-                "log-semitone spectrogram (the priors' input) mean/std"]
+                "mfcc+delta mean/std/max", "log-mel mean/std/max", "chroma (CQT) mean/std/max",
+                "log-semitone spectrogram (the priors' input) mean/std/max"]
     assert {r["task"] for r in rows} == set(tasks) and {r["features"] for r in rows} == set(features)
     for t in tasks:
         for f in features:
@@ -71,7 +72,7 @@ def test_quick_bench_writes_the_table_with_mean_and_std(bench):
     # multi-layer rows report the layer chosen on validation; the per-layer plots exist
     prior_line = next(ln for ln in md.splitlines() if ln.startswith("| prior: frames -> random"))
     assert len(re.findall(r"\[(input|layer\d|mean of layers|concat of layers)\]", prior_line)) == len(tasks)
-    assert "meanstd" in md and "Equal compute for every prior" in md and "steps 20" in md
+    assert "(mean/std/max, `--pool meanstdmax`" in md and "Equal compute for every prior" in md and "steps 20" in md
     assert (bench / "layers_synthetic_pitch.png").is_file()
 
 
@@ -272,15 +273,29 @@ def test_a_training_killed_midway_resumes_and_one_with_other_settings_is_refused
 
 
 def test_the_front_end_row_is_each_band_s_statistics_over_every_mel_frame():
-    """The priors' own input, pooled, is a row of its own: the unstacked normalised spectrogram's mean and std
-    per band. A stacked frame holds `downsample` mel frames, each of which counts once."""
+    """The priors' own input, pooled, is a row of its own: the unstacked normalised spectrogram's mean, std and
+    max per band (as every row is pooled). A stacked frame holds `downsample` mel frames, each of which counts
+    once."""
     rng = np.random.default_rng(0)
     logmel = rng.standard_normal((6, 10)).astype(np.float32) * 3 + np.arange(6)[:, None]  # (bands, T)
     stats = MelStats(mean=np.full(6, 1.0, np.float32), std=np.full(6, 2.0, np.float32), frames=1)
     frames = FrameStacker(stats, downsample=2)(logmel)  # (5, 12)
     want = (logmel - 1.0) / 2.0
     got = frontend_stats(frames, bands=6)
-    np.testing.assert_allclose(got, np.concatenate([want.mean(1), want.std(1)]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, np.concatenate([want.mean(1), want.std(1), want.max(1)]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(frontend_stats(frames, bands=6, pool="meanstd"), got[:12])
+
+
+def test_hand_crafted_rows_are_known_by_name_whatever_their_pooling():
+    """The target's bar (the best hand-crafted row) finds MFCC, log-mel, chroma and the priors' input in runs
+    pooled either way, and nothing else."""
+    for pool in ("meanstdmax", "meanstd"):
+        for name in handcrafted_rows(pool):
+            assert is_handcrafted(name)
+    assert handcrafted_rows()[0] == "mfcc+delta mean/std/max"
+    assert is_handcrafted("log-mel spectrogram (the priors' input) mean/std")
+    for name in ("bag of codes", PRIORS[RECOMMENDED][1], "mfcc+delta", "mfcc+delta mean/std/min"):
+        assert not is_handcrafted(name)
 
 
 def _compare_runs():
@@ -298,7 +313,7 @@ def test_compare_runs_pairs_two_rows_split_by_split(bench, capsys):
     of a row name that is ambiguous or absent."""
     cr = _compare_runs()
     record = json.loads((bench / "bench.json").read_text())
-    lever, base = "prior: frames -> frames (masked_frames)", "mfcc+delta mean/std"
+    lever, base = "prior: frames -> frames (masked_frames)", "mfcc+delta mean/std/max"
     cells = {(c["features"], c["suite"], c["task"]): np.asarray(c["test"]) for c in record["cells"]}
     want = {k[1:]: cells[k] - cells[(base, *k[1:])] for k in cells if k[0] == lever}
     p = cr.paired([record, record], "masked_frames", "1:mfcc")
@@ -328,8 +343,8 @@ def _cell(task, features, test, curve=None, suite="synthetic"):
 def test_the_target_report_measures_each_prior_against_the_best_hand_crafted_row_and_the_control():
     """Relative gain over the best hand-crafted row per task (the priors' input counts), a tie is not a win,
     the control's gain, and the layer curve on key and pitch (combinations are not layers)."""
-    rec, ctl, front = PRIORS[RECOMMENDED][1], PRIORS["frames"][1], "log-semitone spectrogram" + FRONTEND_SUFFIX
-    mfcc, logmel = HANDCRAFTED_ROWS[:2]
+    rec, ctl, front = PRIORS[RECOMMENDED][1], PRIORS["frames"][1], "log-semitone spectrogram" + FRONTEND + " mean/std"
+    mfcc, logmel = handcrafted_rows("meanstd")[:2]  # runs before 2026-12-07 were pooled so
     cells = [_cell("key", rec, [0.9, 0.7], curve=[0.5, 0.6, 0.7, 0.9]), _cell("key", ctl, [0.5, 0.5], [0.5] * 4),
              _cell("key", mfcc, [0.2, 0.2]), _cell("key", front, [0.6, 0.4]),
              _cell("instrument", rec, [1.0, 1.0]), _cell("instrument", ctl, [0.8, 0.8]),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from musetok.embedding import Embedder, embed_corpus, parse_layers
-from musetok.embedding.embedder import windows
+from musetok.embedding.embedder import pool_frames, windows
 from musetok.shared.errors import UserError
 from tests.conftest import TINY_PRIOR, tone
 
@@ -70,6 +70,11 @@ def test_pooling():
     assert ms.shape == (2, 16)
     torch.testing.assert_close(ms[0, 8:], x.std(0, unbiased=False))
     torch.testing.assert_close(e.pooled("max")[1], 2 * x.amax(0))
+    msm = e.pooled()  # the default: mean, std and max, what `musetok embed` and bench-repr use
+    assert msm.shape == (2, 24)
+    torch.testing.assert_close(msm[:, :16], ms)
+    torch.testing.assert_close(msm[1, 16:], 2 * x.amax(0))
+    np.testing.assert_allclose(pool_frames(x.numpy(), "meanstdmax"), msm[0].numpy(), rtol=1e-6)  # numpy in, out
     with pytest.raises(UserError, match="unknown pooling"):
         e.pooled("median")
 
@@ -93,7 +98,7 @@ def test_embed_api_any_rate_and_channels(trained_tokenizer, prior_dirs):
     assert e.layers[0].shape == (e.num_frames, 64)
     assert e.frame_rate == pytest.approx(16000 / 256 / 2)
     assert abs(e.num_frames - e16.num_frames) <= 1
-    assert e.pooled().shape == (3, 64)
+    assert e.pooled().shape == (3, 3 * 64)
 
 
 def test_mismatched_tokenizer_refused(tmp_path, corpus, prior_dirs):
@@ -138,7 +143,7 @@ def test_cli_pretrain_and_embed(tmp_path, store, trained_tokenizer, corpus):
     assert main(["embed", "--tokenizer", str(trained_tokenizer), "--prior", str(tmp_path / "p"),
                  "--audio", str(corpus), "--out", str(tmp_path / "e"), "--quiet"]) == 0
     x = np.load(tmp_path / "e.npy")
-    assert x.shape == (8, 3, 64) and x.dtype == np.float32
+    assert x.shape == (8, 3, 3 * 64) and x.dtype == np.float32  # mean, std and max by default
     rows = list(csv.DictReader(open(tmp_path / "e.csv")))
     assert [r["path"] for r in rows] == sorted(p.name for p in corpus.iterdir())
     assert main(["embed", "--tokenizer", str(trained_tokenizer), "--prior", str(tmp_path / "p"),

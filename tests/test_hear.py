@@ -1,6 +1,7 @@
 """The HEAR 2021 API (the checks hear-validator makes, without its TensorFlow import), bundles, model cards,
 and Hub repo ids resolved offline from a pre-populated cache."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,7 +26,8 @@ def test_bundle_loads_with_the_hear_attributes(bundle):
     model = hear.load_model(str(bundle))
     assert isinstance(model, torch.nn.Module)
     assert model.sample_rate in (16000, 22050, 44100, 48000)
-    assert model.scene_embedding_size == model.timestamp_embedding_size == 3 * 64  # 3 layers concatenated
+    assert model.timestamp_embedding_size == 3 * 64  # 3 layers concatenated
+    assert model.scene_embedding_size == 3 * model.timestamp_embedding_size  # their mean, std and max
     assert not (bundle / "tokenizer" / "train_state.pt").exists() and (bundle / "hear.json").is_file()
 
 
@@ -42,7 +44,7 @@ def test_timestamp_and_scene_embeddings_follow_the_spec(bundle):
     assert torch.equal(ts[0], ts[2])
     scene = hear.get_scene_embeddings(noise, model)
     assert scene.shape == (3, model.scene_embedding_size) and scene.dtype == torch.float32
-    torch.testing.assert_close(scene, emb.mean(1))
+    torch.testing.assert_close(scene, torch.cat([emb.mean(1), emb.std(1, unbiased=False), emb.amax(1)], -1))
     assert torch.isfinite(emb).all()
     short = torch.rand(2, 100) - 0.5  # far shorter than one analysis window
     e, t = hear.get_timestamp_embeddings(short, model)
@@ -51,9 +53,17 @@ def test_timestamp_and_scene_embeddings_follow_the_spec(bundle):
 
 
 def test_layer_choice_is_the_bundles(tmp_path, trained_tokenizer, prior_dirs):
-    out = hear.write_bundle(trained_tokenizer, prior_dirs["mlm"], tmp_path / "b", layers="last", combine="mean")
+    out = hear.write_bundle(trained_tokenizer, prior_dirs["mlm"], tmp_path / "b", layers="last", combine="mean",
+                            pool="mean")
     model = hear.load_model(str(out))
     assert model.scene_embedding_size == 64
+    cfg = json.loads((out / "hear.json").read_text())
+    assert cfg["pool"] == "mean"
+    del cfg["pool"]  # a bundle written before the key existed keeps its time-mean scene embeddings
+    (out / "hear.json").write_text(json.dumps(cfg))
+    assert hear.load_model(str(out)).pool == "mean"
+    with pytest.raises(Exception, match="pool must be one of"):
+        hear.write_bundle(trained_tokenizer, prior_dirs["mlm"], tmp_path / "c", pool="median")
     with pytest.raises(Exception, match="give load_model the folder"):
         hear.load_model("")
 
@@ -85,7 +95,7 @@ def test_hub_repo_id_resolved_offline_from_the_cache(tmp_path, bundle):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split() == ["192", "64"]
+    assert r.stdout.split() == ["576", "64"]  # 3 layers x 64, pooled by mean, std and max
     r = subprocess.run([sys.executable, "-m", "musetok.cli", "embed", "--tokenizer", "someone/not-cached",
                         "--prior", "someone/not-cached", "--audio", str(tmp_path), "--out", str(tmp_path / "e")],
                        capture_output=True, text=True, env=env, timeout=120)
