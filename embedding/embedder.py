@@ -35,8 +35,8 @@ from musetok.tokenizer.features import Featurizer, frame_stacker
 POOLS = ("mean", "meanstd", "meanstdmax", "max")
 # What `musetok embed`, the HEAR scene embeddings and the representation benchmark pool with (every row alike).
 # With the max beside the mean and std, the `small` prior's linear probes on the real-music dev kit rose from
-# 0.518 to 0.630 (instrument) and 0.297 to 0.388 (unseen programs), its input spectrogram's from 0.292 to 0.407
-# and 0.281 to 0.317 (benchmarks/levers.md); the time-mean alone gave 0.342 and 0.252.
+# 0.595 to 0.692 (instrument) and 0.297 to 0.388 (unseen programs), its input spectrogram's from 0.292 to 0.407
+# and 0.282 to 0.317 (benchmarks/levers.md, section 4); the time-mean alone did worst.
 DEFAULT_POOL = "meanstdmax"
 POOL_LABELS = {"mean": "mean", "meanstd": "mean/std", "meanstdmax": "mean/std/max", "max": "max"}
 
