@@ -3,7 +3,7 @@ dev kit when it is there ($DEV_DATA, else ~/musetok-dev-data; build it with ../s
 
     .venv/bin/python benchmarks/bench_repr.py [--out bench-out/repr] [--quick] [any bench-repr option]
 
-The default run takes about 45 minutes on 2 cores with AMX (bf16) and about 75 on 2 AVX2 cores without it (fp32;
+The default run takes about 55 minutes on 2 cores with AMX (bf16) and about 85 on 2 AVX2 cores without it (fp32;
 both suites, three priors of 2000 steps: the `small` configs).
 """
 
