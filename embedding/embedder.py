@@ -49,10 +49,12 @@ def pool_frames(x: torch.Tensor | np.ndarray, how: str = DEFAULT_POOL) -> torch.
         return pool_frames(torch.from_numpy(x), how).numpy()
     if how not in POOLS:
         raise UserError(f"--pool: unknown pooling '{how}' (known: {', '.join(POOLS)}, none)")
-    parts = {"mean": [x.mean(0)], "max": [x.amax(0)]}.get(how) or [x.mean(0), x.std(0, unbiased=False)]
-    if how == "meanstdmax":
-        parts.append(x.amax(0))
-    return torch.cat(parts, dim=-1)
+    if how == "mean":
+        return x.mean(0)
+    if how == "max":
+        return x.amax(0)
+    extra = [x.amax(0)] if how == "meanstdmax" else []
+    return torch.cat([x.mean(0), x.std(0, unbiased=False), *extra], dim=-1)
 
 
 def pool_factor(how: str) -> int:
