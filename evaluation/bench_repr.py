@@ -189,6 +189,12 @@ PRIORS["frames_codes_drop"] = _variant("frames_codes_aux", "model.dropout=0.1", 
                                        row="prior: frames -> codes + frames, dropout 0.1 (mlm)")
 PRIORS["frames_drop"] = _variant("frames", "model.dropout=0.1", "model.attn_dropout=0.0",
                                  row="prior: frames -> frames, dropout 0.1 (masked_frames)")
+# Gain augmentation (CLMR's, COLA's): each training window heard up to 20 dB louder or quieter, the code targets kept
+# (`model.gain_db`). Music is mastered loud and a prior only ever read that; a clip it embeds may be 30 dB quieter
+# (the dev kit's notes run from -69 to -10 dBFS RMS, its music from -29 to -10), which moves every normalised band.
+PRIORS["frames_codes_conv16_gain"] = _variant("frames_codes_conv16", "model.gain_db=20",
+                                              row="prior: frames -> codes + frames, conv front-end, 16 channels, "
+                                                  "windows heard +-20 dB (mlm)")
 # The prior the `small` configs ship (configs/prior/small.yaml; checked by the tests).
 RECOMMENDED = "frames_codes_conv16"
 # BEST-RQ's frozen random-projection codes as the targets of the recommended recipe instead of the VQ-VAE's (the

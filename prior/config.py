@@ -112,6 +112,11 @@ class PriorConfig:
     # one for each (the kept codes ask for a timbre that ignores the shift, the re-encoded ones for the moved sound)
     pitch_shift: int = 0
     pitch_shift_codes: Literal["kept", "recoded", "both"] = "kept"
+    # priors reading frames: each training window heard at another level, its log power moved by a gain drawn
+    # uniformly from -gain_db..gain_db dB (`prior.data.Leveller`; quiet frames stop at the front-end's floor), the
+    # code targets left as they are. Music is mastered loud; what a prior embeds (a note, a field recording) need
+    # not be, and a level the prior never read moves every normalised band at once
+    gain_db: float = 0.0
     rpq_codebooks: int = 1          # targets=random: BEST-RQ's frozen random-projection quantisers
     rpq_size: int = 512             #   codes per quantiser
     rpq_dim: int = 16               #   projection size
@@ -207,6 +212,10 @@ class PriorConfig:
         check(self.pitch_shift_codes == "kept" or (self.pitch_shift > 0 and self.target_kind == "codes"),
               "model.pitch_shift_codes", "recoded and both re-encode the code targets of transposed windows: for "
               "priors that predict the tokenizer's codes (model.targets codes) with model.pitch_shift > 0")
+        check(0.0 <= self.gain_db <= 60.0, "model.gain_db", "must be 0 to 60 dB")
+        check(self.gain_db == 0.0 or self.reads_frames, "model.gain_db",
+              "moves the level of the frames a prior reads (model.inputs frames or codes+frames); set it to 0 for "
+              "other inputs")
         check(self.rpq_codebooks >= 1 and self.rpq_size >= 2 and self.rpq_dim >= 1, "model.rpq_size",
               "random-projection targets need rpq_codebooks >= 1, rpq_size >= 2, rpq_dim >= 1")
 

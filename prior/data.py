@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from musetok.shared.errors import UserError
+from musetok.shared.mel import MelConfig
 from musetok.shared.token_store import StoreMeta, TokenStore
 
 
@@ -133,6 +134,31 @@ class Transposer:
         return ((out - self.mean) / self.std).reshape(frames.shape)
 
 
+class Leveller:
+    """Gain augmentation for a store of frames: a window's log power moved by `db` decibels, as if its audio had been
+    played that much louder or quieter. The front-end took log(power + eps) (`MelConfig.log_eps`), so the power above
+    the floor is scaled and the floor stays where it is: silence stays silence and a quiet frame never goes below it.
+    Only the frames change (what the prior reads and its frame targets); the code targets stay the clean window's."""
+
+    def __init__(self, meta: StoreMeta, where: str, db: float, log_eps: float = MelConfig.log_eps):
+        self.mean, self.std = _log_power(meta, where, "model.gain_db")
+        self.db, self.log_eps = db, log_eps
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """`(n,)` gains in dB, uniform in -db..db, drawn for the whole global batch (as `Mixer.draw`)."""
+        return rng.uniform(-self.db, self.db, size=n)
+
+    def __call__(self, frames: np.ndarray, db: float) -> np.ndarray:
+        """frames `(n, S * bands)` normalised -> the same frames `db` dB louder (quieter for db < 0)."""
+        if db == 0:
+            return frames
+        bands = len(self.mean)
+        logp = frames.reshape(len(frames), -1, bands) * self.std + self.mean
+        power = np.maximum(np.exp(logp.astype(np.float64)) - self.log_eps, 0.0) * 10.0 ** (db / 10)
+        out = np.log(power + self.log_eps).astype(np.float32)
+        return ((out - self.mean) / self.std).reshape(frames.shape)
+
+
 class WindowSource:
     """Random windows of up to `max_len` frames from the given store items: their codes and/or mel frames, and
     with `chroma` the frames' chroma (which needs the frames read). With `pairs`, a batch holds two windows of each
@@ -146,7 +172,7 @@ class WindowSource:
 
     def __init__(self, store: TokenStore, items: list[int], max_len: int, codes: bool = True, frames: bool = False,
                  chroma: bool = False, mix: tuple[float, float] | None = None, pairs: bool = False, shift: int = 0,
-                 recode: Callable[[np.ndarray], np.ndarray] | None = None, views: int = 1):
+                 recode: Callable[[np.ndarray], np.ndarray] | None = None, views: int = 1, gain_db: float = 0.0):
         self.store, self.items, self.max_len, self.codes, self.frames = store, items, max_len, codes, frames
         self.pairs = pairs
         if views not in (1, 2) or (views == 2 and not codes):
@@ -170,6 +196,9 @@ class WindowSource:
         if recode is not None and not (shift and codes):
             raise ValueError("recoding gives transposed windows their own codes: ask for codes and a shift")
         self.recode = recode
+        if gain_db and not frames:
+            raise ValueError("a gain moves the frames' level: ask for frames too")
+        self.leveller = Leveller(store.meta, str(store.root / "meta.json"), gain_db) if gain_db else None
 
     @property
     def frames_total(self) -> int:
@@ -191,6 +220,7 @@ class WindowSource:
         seeds = rng.integers(0, 2**62, size=batch_size)
         mix = self.mixer.draw(rng, batch_size)[part] if self.mixer else None
         shifts = self.transposer.draw(rng, batch_size)[part] if self.transposer else None
+        gains = self.leveller.draw(rng, batch_size)[part] if self.leveller else None
         pick, lens, starts, seeds = pick[part], lens[part], starts[part], seeds[part]
         batch_size = len(pick)
         t = int(lens.max())
@@ -200,6 +230,8 @@ class WindowSource:
             start = int(start)
             if frames is not None:
                 frames[b, :n] = self.store.frames_window(self.items[j], start, n)
+                if gains is not None:
+                    frames[b, :n] = self.leveller(frames[b, :n], float(gains[b]))
                 if shifts is not None:
                     frames[b, :n] = self.transposer(frames[b, :n], int(shifts[b]))
             if codes is not None:

@@ -125,9 +125,10 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                           f"give each of the {d.world} processes an even number")
     train_src, valid_src = (WindowSource(store, [pos[p] for p in part], mc.max_len, mc.uses_codes, mc.uses_frames,
                                          mc.aux_chroma > 0, mix, pairs=mc.aux_contrast > 0, shift=shift,
-                                         recode=recode if shift else None, views=mc.code_views)
-                            for part, mix, shift in ((train_paths, (mc.mix_prob, mc.mix_db), mc.pitch_shift),
-                                                     (valid_paths, None, 0)))  # validation stays clean
+                                         recode=recode if shift else None, views=mc.code_views, gain_db=gain)
+                            for part, mix, shift, gain in ((train_paths, (mc.mix_prob, mc.mix_db), mc.pitch_shift,
+                                                            mc.gain_db),
+                                                           (valid_paths, None, 0, 0.0)))  # validation stays clean
     if d.is_main:
         log.info("prior data: %d train files (%d frames), %d valid files; objective %s (%s -> %s); %s%s",
                  len(train_paths), train_src.frames_total, len(valid_paths), mc.objective, mc.input_kind,
@@ -217,6 +218,8 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                                                  "tokenizer", "both": ", the kept and the re-encoded code targets "
                                                  "each through a head of its own"}[mc.pitch_shift_codes]
                                               if mc.pitch_shift else "")
+                                           + (f"; training windows heard up to +-{mc.gain_db:g} dB louder or quieter"
+                                              if mc.gain_db else "")
                                            + ("; masked frames read as noise" if mc.mask_fill == "noise" else "")
                                            + {"learned": "", "fixed": "; frames through a fixed random orthogonal "
                                               "projection", "split": "; frames through a fixed random orthogonal "
