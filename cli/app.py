@@ -85,7 +85,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
     from musetok.embedding import embed
 
     r = embed(a.tokenizer, a.prior, a.out, audio=a.audio, store=a.store, layers=a.layers, pool=a.pool, fmt=a.format,
-              batch_size=a.batch_size, device=a.device, progress=not a.quiet)
+              batch_size=a.batch_size, device=a.device, progress=not a.quiet, level_db=a.level_db)
     print(f"embed -> {r.array_path} {list(r.shape)} + {r.index_path}: {r.count} clips, "
           f"{r.audio_seconds / 3600:.3f} h in {r.wall_seconds:.1f} s ({r.realtime_factor:.0f}x real time), "
           f"{len(r.failed)} failed")
@@ -127,7 +127,7 @@ def cmd_bench_repr(a: argparse.Namespace) -> int:
     report, _ = bench_repr(a.out, data=a.data, quick=a.quick, seed=a.seed, probes=tuple(a.probes.split(",")),
                            progress=not a.quiet, command=command.strip(), prior_overrides=a.overrides,
                            priors=tuple(p for p in a.priors.split(",") if p),
-                           tokenizer_overrides=a.tokenizer_overrides, pool=a.pool)
+                           tokenizer_overrides=a.tokenizer_overrides, pool=a.pool, level_db=a.level_db)
     print("\n" + report.read_text())
     print(f"table, plots and the run record are in {a.out} (report: {report})")
     return 0
@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "[N, L, 2D], mean or max -> [N, L, D]; none keeps frames -> [frames, L, D] "
                         "(default meanstdmax)")
     s.add_argument("--format", choices=["npy", "npz"], default="npy")
+    s.add_argument("--level-db", type=float, default=None, metavar="DB",
+                   help="bring each audio file to this RMS in dBFS first (e.g. -16); default: each file as it is")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--device", default="cpu")
     s.add_argument("--quiet", action="store_true")
@@ -282,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pool", choices=["meanstdmax", "meanstd", "mean", "max"], default="meanstdmax",
                    help="how every row is pooled over time (default meanstdmax: mean, std and max, as `embed` "
                         "writes; meanstd gives the tables before 2026-12-07)")
+    s.add_argument("--level-db", type=float, default=None, metavar="DB",
+                   help="bring each probed clip to this RMS in dBFS before every row reads it, priors and hand-crafted "
+                        "features alike (e.g. -16); default: each clip as it is")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_bench_repr)

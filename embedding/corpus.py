@@ -152,9 +152,14 @@ def _save(path: str, fn, *args, **kw) -> None:
 
 def embed(tokenizer_dir: str | Path, prior_dir: str | Path, out: str | Path, audio: str | Path | None = None,
           store: str | Path | None = None, layers: str = "all", pool: str = DEFAULT_POOL, fmt: str = "npy",
-          batch_size: int = 16, device: str = "cpu", progress: bool = True) -> EmbedResult:
-    """`musetok embed`: load the tokenizer and prior, then `embed_corpus`."""
+          batch_size: int = 16, device: str = "cpu", progress: bool = True, level_db: float | None = None
+          ) -> EmbedResult:
+    """`musetok embed`: load the tokenizer and prior, then `embed_corpus`. `level_db`: each audio file is brought
+    to that RMS (dBFS) first (a store's codes and frames were computed already, so not with `store`)."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
-    emb = Embedder.from_pretrained(tokenizer_dir, prior_dir, device=device, batch_size=batch_size)
+    if level_db is not None and store is not None:
+        raise UserError(f"--level-db: {store} holds codes and frames computed already; give --audio to read each "
+                        "file at another level")
+    emb = Embedder.from_pretrained(tokenizer_dir, prior_dir, device=device, batch_size=batch_size, level_db=level_db)
     return embed_corpus(emb, out, audio=audio, store=store, layers=layers, pool=pool, fmt=fmt, progress=progress)

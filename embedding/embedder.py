@@ -25,7 +25,7 @@ import torch
 
 from musetok.prior.builder import load_prior
 from musetok.prior.model import Prior, join_input, split_input
-from musetok.shared.audio import to_mono_resampled
+from musetok.shared.audio import audio_rms, level_gain, to_mono_resampled
 from musetok.shared.errors import UserError
 from musetok.shared.hub import resolve_folder
 from musetok.tokenizer.base import Tokenizer
@@ -138,21 +138,25 @@ def prior_states(prior: Prior, inputs: list, batch_size: int = 16) -> list[list[
 
 
 class Embedder:
-    def __init__(self, tokenizer: Tokenizer, prior: Prior, batch_size: int = 16):
+    """A tokenizer and a prior that turn audio into per-layer frame states. `level_db`: each clip (a file, or a
+    waveform) is first brought to that RMS in dBFS, as if played louder or quieter; None reads it as it is."""
+
+    def __init__(self, tokenizer: Tokenizer, prior: Prior, batch_size: int = 16, level_db: float | None = None):
         self.tokenizer, self.prior, self.batch_size = tokenizer.eval(), prior.eval(), batch_size
+        self.level_db = level_db
         self.fz = Featurizer(tokenizer.cfg)
         self.frames = frame_stacker(tokenizer) if prior.cfg.reads_frames else None
 
     @classmethod
     def from_pretrained(cls, tokenizer_dir: str | Path, prior_dir: str | Path | None = None, device: str = "cpu",
-                        batch_size: int = 16) -> Embedder:
+                        batch_size: int = 16, level_db: float | None = None) -> Embedder:
         """From a tokenizer folder and a prior folder, or from one bundle folder holding `tokenizer/` and
         `prior/` (`musetok bundle`). Each may be a Hugging Face Hub repo id instead of a local path."""
         if prior_dir is None:
             bundle = resolve_folder(tokenizer_dir)
             tokenizer_dir, prior_dir = bundle / "tokenizer", bundle / "prior"
         tok = load_tokenizer(resolve_folder(tokenizer_dir), device=device)
-        return cls(tok, load_prior(resolve_folder(prior_dir), device=device, tokenizer=tok), batch_size)
+        return cls(tok, load_prior(resolve_folder(prior_dir), device=device, tokenizer=tok), batch_size, level_db)
 
     @property
     def frame_rate(self) -> float:
@@ -173,11 +177,15 @@ class Embedder:
         return join_input(cfg, codes, frames)
 
     def inputs_from_file(self, path: str | Path):
-        return self._from_features(self.fz.iter_file(path))
+        gain = 1.0 if self.level_db is None else level_gain(audio_rms(path, self.fz.sample_rate), self.level_db)
+        return self._from_features(self.fz.iter_file(path, gain=gain))
 
     def inputs_from_waveform(self, waveform: np.ndarray | torch.Tensor, sample_rate: int):
         wave = waveform.detach().cpu().numpy() if isinstance(waveform, torch.Tensor) else np.asarray(waveform)
         mono = to_mono_resampled(wave, sample_rate, self.tokenizer.sample_rate)
+        if self.level_db is not None:
+            mono = mono * np.float32(level_gain(float(np.sqrt(np.mean(np.square(mono, dtype=np.float64)))),
+                                                self.level_db))
         return self._from_features([self.fz.array(mono)])
 
     # -- the prior ---------------------------------------------------------------------------------

@@ -16,21 +16,23 @@ import numpy as np
 import torch
 
 from musetok.embedding.embedder import DEFAULT_POOL, pool_frames
-from musetok.shared.audio import load_audio
+from musetok.shared.audio import level_gain, load_audio
 from musetok.shared.mel import MelConfig, MelFrontend
 
 HANDCRAFTED = ("mfcc", "logmel", "chroma")
 
 
 def handcrafted_features(paths: list[Path], sample_rate: int = 22050, which: tuple[str, ...] = HANDCRAFTED,
-                         progress: Callable[[int], None] | None = None, pool: str = DEFAULT_POOL
-                         ) -> dict[str, np.ndarray]:
-    """Decode each file once and compute the requested clip-level features, `pool`ed over time (`pool_frames`).
-    Returns name -> `(N, D)`."""
+                         progress: Callable[[int], None] | None = None, pool: str = DEFAULT_POOL,
+                         level_db: float | None = None) -> dict[str, np.ndarray]:
+    """Decode each file once and compute the requested clip-level features, `pool`ed over time (`pool_frames`),
+    each clip first brought to an RMS of `level_db` dBFS where one is given (as `Embedder` does). Returns name ->
+    `(N, D)`."""
     fe = MelFrontend(MelConfig(sample_rate=sample_rate))
     out: dict[str, list[np.ndarray]] = {k: [] for k in which}
     for i, p in enumerate(paths):
         y = load_audio(p, sample_rate)
+        y = y * np.float32(level_gain(float(np.sqrt(np.mean(np.square(y, dtype=np.float64)))), level_db))
         if "logmel" in which or "mfcc" in which:
             with torch.no_grad():
                 logmel = fe(torch.from_numpy(y)).numpy()  # (n_mels, T)

@@ -494,17 +494,19 @@ def pooled(emb: Embedder, inputs: list[np.ndarray], pool: str = DEFAULT_POOL, ba
 
 
 def features(out: Path, paths: list[Path], seed: int, times: dict, priors: tuple[str, ...],
-             random_cfgs: dict[str, PriorConfig], pool: str = DEFAULT_POOL
+             random_cfgs: dict[str, PriorConfig], pool: str = DEFAULT_POOL, level_db: float | None = None
              ) -> tuple[dict[str, np.ndarray | list[np.ndarray]], list[str]]:
     """Every row of the table for these clips: name -> `(N, D)`, or for the priors a list of `(N, D_i)`
-    candidates (each layer, then `COMBINED`); plus the priors' candidate names."""
+    candidates (each layer, then `COMBINED`); plus the priors' candidate names. `level_db`: every row reads each
+    clip brought to that RMS (dBFS) first."""
     tok = load_tokenizer(out / "tokenizer")
-    embs = {name: Embedder.from_pretrained(out / "tokenizer", out / f"prior_{name}") for name in priors}
+    embs = {name: Embedder.from_pretrained(out / "tokenizer", out / f"prior_{name}", level_db=level_db)
+            for name in priors}
     store = TokenStore(out / "store")
     randoms = {}
     for name, cfg in random_cfgs.items():
         torch.manual_seed(seed)
-        randoms[name] = Embedder(tok, build_prior_for_store(cfg, store))
+        randoms[name] = Embedder(tok, build_prior_for_store(cfg, store), level_db=level_db)
     t = time.time()
     inputs = {name: [emb.inputs_from_file(p) for p in paths] for name, emb in embs.items()}
     for name, emb in randoms.items():
@@ -516,7 +518,7 @@ def features(out: Path, paths: list[Path], seed: int, times: dict, priors: tuple
     feats["bag of codes"] = np.stack([bag_of_codes(c, tok.codebook_size) for c in codes])
     times["embed"] = times.get("embed", 0.0) + time.time() - t
     t = time.time()
-    hand = handcrafted_features(paths, tok.sample_rate, pool=pool)
+    hand = handcrafted_features(paths, tok.sample_rate, pool=pool, level_db=level_db)
     feats.update(dict(zip(handcrafted_rows(pool), (hand["mfcc"], hand["logmel"], hand["chroma"]))))
     feats[frontend_row(tok, pool)] = np.stack([frontend_stats(f, tok.cfg.mel.n_mels, pool) for f in inputs["frames"]])
     times["baselines"] = times.get("baselines", 0.0) + time.time() - t
@@ -790,7 +792,10 @@ def write_outputs(out: Path, cells: list[Cell], record: dict) -> Path:
              f"{record['threads']} threads.", "",
              f"Every row is pooled over time the same way ({POOL_LABELS[record['pool']]}, `--pool {record['pool']}`; "
              "bag of codes is "
-             "a code histogram). Linear probes; layer and C chosen on validation log-loss; each cell is the "
+             "a code histogram)" + ("" if record.get("level_db") is None else
+                                   f"; every row reads each probed clip brought to {record['level_db']:g} dBFS RMS "
+                                   f"first (`--level-db {record['level_db']:g}`)") +
+             ". Linear probes; layer and C chosen on validation log-loss; each cell is the "
              f"test metric's mean ± std over {record['splits']} grouped splits (seeds {record['split_seeds']}); "
              "[layer] is the layer chosen most often. Best row per task in bold. No probed clip was seen in "
              "pretraining (checked by path and sha1).", ""]
@@ -814,11 +819,12 @@ def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = Fa
                seed: int = 0, probes: tuple[str, ...] = ("linear",), progress: bool = True,
                command: str = "musetok bench-repr", prior_overrides: list[str] = (),
                priors: tuple[str, ...] = DEFAULT_PRIORS, tokenizer_overrides: list[str] = (),
-               pool: str = DEFAULT_POOL) -> tuple[Path, list[Cell]]:
+               pool: str = DEFAULT_POOL, level_db: float | None = None) -> tuple[Path, list[Cell]]:
     """Run the benchmark into `out` (see the module doc); `data`: the dev kit folder (music/ and notes/) for the
     real-music suite; `prior_overrides` / `tokenizer_overrides`: `key=value` settings applied to every prior
     alike / to the tokenizer (a lever to measure, e.g. `model.mask_span=17`); `priors`: which of `PRIORS` to
-    train (the `frames` control always is). Returns the path of bench.md and every cell."""
+    train (the `frames` control always is); `level_db`: every probed clip brought to that RMS (dBFS) before any row
+    reads it (None: as it is). Returns the path of bench.md and every cell."""
     unknown = [p for p in priors if p not in PRIORS]
     if unknown:
         raise UserError(f"--priors: unknown prior '{unknown[0]}' (known: {', '.join(PRIORS)})")
@@ -836,7 +842,7 @@ def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = Fa
     cells: list[Cell] = []
     record = {"command": command, "seed": seed, "splits": sizes.splits,
               "split_seeds": [seed + s for s in range(sizes.splits)], "probes": list(probes), "pool": pool,
-              "sizes": asdict(sizes), "prior_overrides": list(prior_overrides),
+              "level_db": level_db, "sizes": asdict(sizes), "prior_overrides": list(prior_overrides),
               "tokenizer_overrides": list(tokenizer_overrides), "priors": list(priors),
               "threads": torch.get_num_threads(),
               "suites": {}}
@@ -856,7 +862,7 @@ def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = Fa
         configs = pretrain(suite, work, sizes, seed, progress, times, prior_overrides, priors, tokenizer_overrides)
         store = TokenStore(work / "store")
         random_cfgs = configs.pop("random")
-        feats = {ps.name: features(work, probe_files[ps.name], seed, times, priors, random_cfgs, pool)
+        feats = {ps.name: features(work, probe_files[ps.name], seed, times, priors, random_cfgs, pool, level_db)
                  for ps in suite.probe_sets}
         t = time.time()
         cells += probe_suite(suite, feats, sizes, seed, probes)

@@ -187,6 +187,26 @@ def load_audio(path: str | Path, sample_rate: int, start: float = 0.0,
     return np.concatenate(list(iter_audio(path, sample_rate, start=start, duration=duration)))
 
 
+SILENT_DBFS = -100.0  # a clip whose RMS is below this is silence: `level_gain` leaves it as it is
+
+
+def level_gain(rms: float, level_db: float | None) -> float:
+    """The amplitude gain that brings a clip of RMS `rms` (full scale 1.0) to `level_db` dBFS; 1.0 with no level
+    asked for or for a silent clip."""
+    if level_db is None or rms <= 10 ** (SILENT_DBFS / 20):
+        return 1.0
+    return float(10 ** (level_db / 20) / rms)
+
+
+def audio_rms(path: str | Path, sample_rate: int, block_seconds: float = 30.0) -> float:
+    """The RMS of a file's mono signal at `sample_rate`, read block by block (long files stay out of memory)."""
+    total, n = 0.0, 0
+    for b in iter_audio(path, sample_rate, block_seconds):
+        total += float(np.dot(b.astype(np.float64), b.astype(np.float64)))
+        n += len(b)
+    return float(np.sqrt(total / max(n, 1)))
+
+
 def to_mono_resampled(wave: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
     """Downmix an in-memory `(N,)`, `(N, C)` or `(C, N)` array and resample it. Returns `(N',)` float32.
 

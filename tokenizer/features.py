@@ -34,10 +34,13 @@ class Featurizer:
     def units_per_second(self) -> float:
         return self.cfg.mel.frame_rate if self.cfg.input == "mel" else float(self.sample_rate)
 
-    def iter_file(self, path: str | Path, start: float = 0.0, duration: float | None = None
+    def iter_file(self, path: str | Path, start: float = 0.0, duration: float | None = None, gain: float = 1.0
                   ) -> Iterator[np.ndarray]:
-        """Yield `(C, n)` blocks of model input for a file (raises AudioError for a bad file)."""
+        """Yield `(C, n)` blocks of model input for a file (raises AudioError for a bad file), its samples
+        multiplied by `gain` first."""
         blocks = iter_audio(path, self.sample_rate, self.block_seconds, start=start, duration=duration)
+        if gain != 1.0:
+            blocks = (b * np.float32(gain) for b in blocks)
         if self.frontend is None:
             for b in blocks:
                 yield b[None]
