@@ -136,7 +136,8 @@ def cmd_bench_repr(a: argparse.Namespace) -> int:
 def cmd_bundle(a: argparse.Namespace) -> int:
     from musetok.embedding.hear import write_bundle
 
-    out = write_bundle(a.tokenizer, a.prior, a.out, layers=a.layers, combine=a.combine, pool=a.pool)
+    out = write_bundle(a.tokenizer, a.prior, a.out, layers=a.layers, combine=a.combine, pool=a.pool,
+                       level_db=a.level_db)
     print(f"bundle -> {out} (HEAR module musetok.embedding.hear; check it with: "
           f"hearvalidator musetok.embedding.hear --model {out})")
     return 0
@@ -300,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the chosen layers are combined (default concat)")
     s.add_argument("--pool", choices=["meanstdmax", "meanstd", "mean", "max"], default="meanstdmax",
                    help="how scene embeddings pool the frames over time (default meanstdmax: mean, std and max)")
+    s.add_argument("--level-db", type=float, default=None, metavar="DB",
+                   help="the bundle brings each sound to this RMS in dBFS first (e.g. -16); default: its own level")
     s.set_defaults(fn=cmd_bundle)
 
     s = sub.add_parser("relabel", help="second-round codes (HuBERT): k-means on a trained prior's layer, written as a "

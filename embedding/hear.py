@@ -12,7 +12,9 @@ states feed the embedding is the bundle's documented choice (`hear.json`):
   `mean` (their average, one layer's width);
 - `pool`: how scene embeddings summarise the timestamp embeddings over time: `meanstdmax` (what `musetok bundle`
   writes: their mean, standard deviation and maximum side by side, 3x the width; what `musetok embed` writes and
-  the representation benchmark probes), `meanstd`, `mean` (a bundle without the key) or `max`.
+  the representation benchmark probes), `meanstd`, `mean` (a bundle without the key) or `max`;
+- `level_db`: each sound brought to that RMS in dBFS before the front-end (`musetok bundle --level-db`), or null
+  (the default, and a bundle without the key): each sound read at its own level.
 Timestamp embeddings are the prior's frames at the tokenizer's code rate (43 Hz, one every 23 ms for the
 `small` tokenizer); timestamps are frame centres in milliseconds.
 """
@@ -75,7 +77,10 @@ def load_model(model_file_path: str = "") -> HearModel:
                         "with `musetok bundle`")
     folder = resolve_folder(model_file_path)
     cfg = json.loads((folder / HEAR_FILE).read_text()) if (folder / HEAR_FILE).is_file() else {}
-    emb = Embedder.from_pretrained(folder / "tokenizer", folder / "prior")
+    level = cfg.get("level_db")
+    if level is not None and (isinstance(level, bool) or not isinstance(level, (int, float))):
+        raise UserError(f"{folder / HEAR_FILE}: level_db must be a number of dBFS or null, got {level!r}")
+    emb = Embedder.from_pretrained(folder / "tokenizer", folder / "prior", level_db=level)
     # a bundle written before `pool` existed documented time-mean scene embeddings
     return HearModel(emb, cfg.get("layers", "all"), cfg.get("combine", "concat"), cfg.get("pool", "mean")).eval()
 
@@ -103,15 +108,16 @@ def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
 
 
 def write_bundle(tokenizer_dir: str | Path, prior_dir: str | Path, out: str | Path, layers: str = "all",
-                 combine: str = "concat", pool: str = DEFAULT_POOL) -> Path:
-    """Copy a tokenizer and its prior into one folder with `hear.json` (checked by loading it)."""
+                 combine: str = "concat", pool: str = DEFAULT_POOL, level_db: float | None = None) -> Path:
+    """Copy a tokenizer and its prior into one folder with `hear.json` (checked by loading it); `level_db`: the
+    bundle reads each sound at that RMS (dBFS)."""
     out = Path(out)
     emb = Embedder.from_pretrained(tokenizer_dir, prior_dir)  # refuses a prior of another tokenizer
     HearModel(emb, layers, combine, pool)  # checks layers, combine and pool
     for name, src in (("tokenizer", tokenizer_dir), ("prior", prior_dir)):
         shutil.copytree(src, out / name, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("train_state.pt", ".lock*", "*.tmp"))
-    write_json(out / HEAR_FILE, {"layers": layers, "combine": combine, "pool": pool,
+    write_json(out / HEAR_FILE, {"layers": layers, "combine": combine, "pool": pool, "level_db": level_db,
                                  "module": "musetok.embedding.hear", "sample_rate": emb.tokenizer.sample_rate})
     return out
 

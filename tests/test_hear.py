@@ -68,6 +68,28 @@ def test_layer_choice_is_the_bundles(tmp_path, trained_tokenizer, prior_dirs):
         hear.load_model("")
 
 
+def test_a_bundle_can_read_every_sound_at_one_level(tmp_path, trained_tokenizer, prior_dirs):
+    out = tmp_path / "b"
+    assert main(["bundle", "--tokenizer", str(trained_tokenizer), "--prior", str(prior_dirs["frames_codes"]),
+                 "--out", str(out), "--level-db", "-20"]) == 0
+    assert json.loads((out / "hear.json").read_text())["level_db"] == -20.0
+    model = hear.load_model(str(out))
+    torch.manual_seed(0)
+    noise = torch.rand(1, model.sample_rate) * 2 - 1
+    loud, soft = (hear.get_scene_embeddings(g * noise, model) for g in (0.5, 0.005))
+    torch.testing.assert_close(loud, soft, atol=1e-3, rtol=1e-3)  # 40 dB apart, read alike
+    cfg = json.loads((out / "hear.json").read_text())
+    del cfg["level_db"]  # a bundle written before the key existed reads each sound at its own level
+    (out / "hear.json").write_text(json.dumps(cfg))
+    plain = hear.load_model(str(out))
+    assert plain.embedder.level_db is None
+    a, b = (hear.get_scene_embeddings(g * noise, plain) for g in (0.5, 0.005))
+    assert (a - b).abs().max() > 0.1
+    (out / "hear.json").write_text(json.dumps({**cfg, "level_db": "loud"}))
+    with pytest.raises(Exception, match=r"hear.json: level_db must be a number of dBFS or null, got 'loud'"):
+        hear.load_model(str(out))
+
+
 def test_saved_folders_have_model_cards(trained_tokenizer, prior_dirs):
     tok = (trained_tokenizer / "README.md").read_text()
     assert tok.startswith("---\nlibrary_name: musetok") and "license:" in tok
