@@ -25,7 +25,7 @@ import torch
 
 from musetok.prior.builder import load_prior
 from musetok.prior.model import Prior, join_input, split_input
-from musetok.shared.audio import audio_rms, level_gain, to_mono_resampled
+from musetok.shared.audio import audio_rms, level_gain, to_mono_resampled, wave_rms
 from musetok.shared.errors import UserError
 from musetok.shared.hub import resolve_folder
 from musetok.tokenizer.base import Tokenizer
@@ -184,8 +184,7 @@ class Embedder:
         wave = waveform.detach().cpu().numpy() if isinstance(waveform, torch.Tensor) else np.asarray(waveform)
         mono = to_mono_resampled(wave, sample_rate, self.tokenizer.sample_rate)
         if self.level_db is not None:
-            mono = mono * np.float32(level_gain(float(np.sqrt(np.mean(np.square(mono, dtype=np.float64)))),
-                                                self.level_db))
+            mono = mono * np.float32(level_gain(wave_rms(mono), self.level_db))
         return self._from_features([self.fz.array(mono)])
 
     # -- the prior ---------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from musetok.embedding.embedder import DEFAULT_POOL, pool_frames
-from musetok.shared.audio import level_gain, load_audio
+from musetok.shared.audio import level_gain, load_audio, wave_rms
 from musetok.shared.mel import MelConfig, MelFrontend
 
 HANDCRAFTED = ("mfcc", "logmel", "chroma")
@@ -32,7 +32,8 @@ def handcrafted_features(paths: list[Path], sample_rate: int = 22050, which: tup
     out: dict[str, list[np.ndarray]] = {k: [] for k in which}
     for i, p in enumerate(paths):
         y = load_audio(p, sample_rate)
-        y = y * np.float32(level_gain(float(np.sqrt(np.mean(np.square(y, dtype=np.float64)))), level_db))
+        if level_db is not None:
+            y = y * np.float32(level_gain(wave_rms(y), level_db))
         if "logmel" in which or "mfcc" in which:
             with torch.no_grad():
                 logmel = fe(torch.from_numpy(y)).numpy()  # (n_mels, T)

@@ -198,6 +198,12 @@ def level_gain(rms: float, level_db: float | None) -> float:
     return float(10 ** (level_db / 20) / rms)
 
 
+def wave_rms(wave: np.ndarray) -> float:
+    """The RMS of a waveform (full scale 1.0), summed in float64."""
+    w = np.asarray(wave)
+    return float(np.sqrt(np.mean(np.square(w, dtype=np.float64)))) if w.size else 0.0
+
+
 def audio_rms(path: str | Path, sample_rate: int, block_seconds: float = 30.0) -> float:
     """The RMS of a file's mono signal at `sample_rate`, read block by block (long files stay out of memory)."""
     total, n = 0.0, 0
