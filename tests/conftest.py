@@ -118,3 +118,18 @@ def semitone_store(tmp_path_factory):
     save_tokenizer(root / "tokenizer", model)  # beside the store, for priors that re-encode transposed windows
     tokenize_corpus(model, root / "audio", root / "store", workers=0, progress=False, with_frames=True)
     return root / "store", cfg.mel, stats
+
+
+def record_window_sources(monkeypatch, attr: str) -> list:
+    """Patch prior training's `WindowSource` so that each one made (train, then valid) appends its `attr` (its
+    mixer, transposer or leveller) to the list returned."""
+    from musetok.prior import train as train_mod
+    from musetok.prior.data import WindowSource
+    made = []
+
+    class Recording(WindowSource):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(getattr(self, attr))
+    monkeypatch.setattr(train_mod, "WindowSource", Recording)
+    return made

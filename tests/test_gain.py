@@ -13,7 +13,7 @@ from musetok.shared.config import ConfigError, load_config
 from musetok.shared.errors import UserError
 from musetok.shared.mel import MelConfig, MelFrontend
 from musetok.shared.token_store import StoreMeta, TokenStore
-from tests.conftest import SR, TINY_PRIOR, tone
+from tests.conftest import SR, TINY_PRIOR, record_window_sources, tone
 
 BANDS = 40
 
@@ -91,15 +91,8 @@ def test_gain_config_and_store_errors(store):
 
 
 def test_a_gained_prior_trains_and_its_validation_stays_clean(store, tmp_path, monkeypatch):
-    from musetok.prior import train as train_mod
     from musetok.prior.train import PriorRunConfig, train_prior
-    made = []
-
-    class Recording(WindowSource):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            made.append(self.leveller)
-    monkeypatch.setattr(train_mod, "WindowSource", Recording)
+    made = record_window_sources(monkeypatch, "leveller")
     over = TINY_PRIOR + ["model.inputs=frames", "model.aux_frames=1.0", "train.steps=20", "model.max_len=32"]
     for db in (0, 12):
         train_prior(load_config(PriorRunConfig, None, over + [f"model.gain_db={db}"]), store, tmp_path / f"p{db}",

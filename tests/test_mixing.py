@@ -17,7 +17,7 @@ from musetok.prior.objectives import compute_loss
 from musetok.shared.config import ConfigError, load_config
 from musetok.shared.errors import UserError
 from musetok.shared.token_store import StoreMeta, TokenStore
-from tests.conftest import TINY_PRIOR
+from tests.conftest import TINY_PRIOR, record_window_sources
 
 
 def test_the_stretch_is_added_in_power_at_the_level_asked():
@@ -103,15 +103,8 @@ def test_mixing_config_and_store_errors(store, tmp_path):
 
 
 def test_a_mixing_prior_trains_and_its_validation_stays_clean(store, tmp_path, monkeypatch):
-    from musetok.prior import train as train_mod
     from musetok.prior.train import PriorRunConfig, train_prior
-    made = []
-
-    class Recording(WindowSource):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            made.append(self.mixer)
-    monkeypatch.setattr(train_mod, "WindowSource", Recording)
+    made = record_window_sources(monkeypatch, "mixer")
     over = TINY_PRIOR + ["model.inputs=frames", "model.aux_frames=1.0", "train.steps=30", "model.max_len=32"]
     runs = {p: train_prior(load_config(PriorRunConfig, None, over + [f"model.mix_prob={p}"]), store,
                            tmp_path / f"p{p}", progress=False) for p in (0.0, 1.0)}

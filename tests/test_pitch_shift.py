@@ -12,7 +12,7 @@ from musetok.prior.data import Chroma, Transposer, WindowSource
 from musetok.shared.config import ConfigError, load_config
 from musetok.shared.errors import UserError
 from musetok.shared.token_store import StoreMeta, TokenStore
-from tests.conftest import TINY_PRIOR
+from tests.conftest import TINY_PRIOR, record_window_sources
 
 BANDS = 6
 
@@ -95,15 +95,8 @@ def test_pitch_shift_config_and_store_errors(store, tmp_path):
 
 
 def test_a_transposing_prior_trains_and_its_validation_stays_clean(semitone_store, tmp_path, monkeypatch):
-    from musetok.prior import train as train_mod
     from musetok.prior.train import PriorRunConfig, train_prior
-    made = []
-
-    class Recording(WindowSource):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            made.append(self.transposer)
-    monkeypatch.setattr(train_mod, "WindowSource", Recording)
+    made = record_window_sources(monkeypatch, "transposer")
     over = TINY_PRIOR + ["model.inputs=frames", "model.aux_frames=1.0", "train.steps=30", "model.max_len=32"]
     for k in (0, 3):
         train_prior(load_config(PriorRunConfig, None, over + [f"model.pitch_shift={k}"]), semitone_store[0],
