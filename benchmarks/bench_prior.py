@@ -195,16 +195,26 @@ def bench_embedding() -> None:
     # store takes from its normaliser) for the band convolution
     meta = tok.store_meta(frame_stacker(tok).dim if cfg.reads_frames else 0)
     prior = Prior(replace(bind_to_store(cfg, meta), frame_bands=tok.cfg.mel.n_mels)).eval()
-    emb = Embedder(tok, prior)
+    # as each file is, and brought to one level first (what `level_db: auto` does with a prior that recorded its
+    # training audio's level): timed in alternating rounds, the ratio paired per round
+    embs = {"as it is": Embedder(tok, prior, level_db=None), "at -16 dBFS": Embedder(tok, prior, level_db=-16.0)}
     files = sorted((tmp / "audio").rglob("*.wav"))
-    t = time.time()
+    times: dict[str, list[float]] = {k: [] for k in embs}
     total = 0.0
-    for f in files:
-        e = emb.embed_file(f)
-        total += e.num_frames / e.frame_rate
-    dt = time.time() - t
-    print(f"\nembedding (small tokenizer + small prior, audio -> {cfg.input_kind} -> prior, one file at a time): "
-          f"{total:.0f} s of audio in {dt:.1f} s = {total / dt:.0f}x real time")
+    for _ in range(3):
+        for name, emb in embs.items():
+            t = time.time()
+            total = 0.0
+            for f in files:
+                e = emb.embed_file(f)
+                total += e.num_frames / e.frame_rate
+            times[name].append(time.time() - t)
+    print(f"\nembedding (small tokenizer + small prior, audio -> {cfg.input_kind} -> prior, one file at a time, "
+          f"{total:.0f} s of audio, median of 3 rounds):")
+    for name, ts in times.items():
+        print(f"  {name}: {total / statistics.median(ts):.0f}x real time")
+    ratios = sorted(a / b for a, b in zip(times["as it is"], times["at -16 dBFS"]))
+    print(f"  at one level / as it is, paired per round: {ratios[1]:.3f}x speed [{ratios[0]:.3f} - {ratios[-1]:.3f}]")
 
 
 def main() -> None:

@@ -81,6 +81,19 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     return 0
 
 
+def level_arg(text: str) -> float | str | None:
+    """`--level-db`: a number of dBFS, `auto` or `none`."""
+    from musetok.shared.audio import AUTO_LEVEL, resolve_level
+    from musetok.shared.errors import UserError
+
+    if text.strip().lower() == AUTO_LEVEL:
+        return AUTO_LEVEL
+    try:
+        return resolve_level(text, None)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("level_db: ")) from None
+
+
 def cmd_embed(a: argparse.Namespace) -> int:
     from musetok.embedding import embed
 
@@ -107,7 +120,7 @@ def cmd_probe(a: argparse.Namespace) -> int:
 
     results = probe(a.labels, a.column, a.out, task=a.task, embeddings=a.embeddings,
                     baselines=[b for b in a.baselines.split(",") if b], audio=a.audio, sample_rate=a.sample_rate,
-                    probes=tuple(a.probes.split(",")), seed=a.seed)
+                    probes=tuple(a.probes.split(",")), seed=a.seed, level_db=a.level_db)
     print("\n" + format_table(results))
     print(f"\nresults, plots and the run record are in {a.out}")
     return 0
@@ -231,8 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "[N, L, 2D], mean or max -> [N, L, D]; none keeps frames -> [frames, L, D] "
                         "(default meanstdmax)")
     s.add_argument("--format", choices=["npy", "npz"], default="npy")
-    s.add_argument("--level-db", type=float, default=None, metavar="DB",
-                   help="bring each audio file to this RMS in dBFS first (e.g. -16); default: each file as it is")
+    s.add_argument("--level-db", type=level_arg, default="auto", metavar="DB",
+                   help="bring each audio file to this RMS in dBFS first (e.g. -16); auto (the default): to the "
+                        "level of the prior's training audio (as the prior's card says); none: each file as it is")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--device", default="cpu")
     s.add_argument("--quiet", action="store_true")
@@ -247,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baselines", default="", help="comma-separated: mfcc,logmel,chroma (computed from audio)")
     s.add_argument("--audio", help="folder the labels' paths are relative to (default: the labels' folder)")
     s.add_argument("--sample-rate", type=int, default=22050, help="rate for the hand-crafted baselines")
+    s.add_argument("--level-db", type=level_arg, default=None, metavar="DB",
+                   help="bring each clip to this RMS in dBFS before the hand-crafted baselines read it (the level "
+                        "on the prior's card reads them as `embed` reads the prior's); default: each as it is")
     s.add_argument("--probes", default="linear,mlp")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
@@ -285,9 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pool", choices=["meanstdmax", "meanstd", "mean", "max"], default="meanstdmax",
                    help="how every row is pooled over time (default meanstdmax: mean, std and max, as `embed` "
                         "writes; meanstd gives the tables before 2026-12-07)")
-    s.add_argument("--level-db", type=float, default=None, metavar="DB",
+    s.add_argument("--level-db", type=level_arg, default="auto", metavar="DB",
                    help="bring each probed clip to this RMS in dBFS before every row reads it, priors and hand-crafted "
-                        "features alike (e.g. -16); default: each clip as it is")
+                        "features alike (e.g. -16); auto (the default): each suite's pretraining audio's median "
+                        "level, what `embed` does; none: each clip as it is (the earlier tables)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_bench_repr)
@@ -301,8 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the chosen layers are combined (default concat)")
     s.add_argument("--pool", choices=["meanstdmax", "meanstd", "mean", "max"], default="meanstdmax",
                    help="how scene embeddings pool the frames over time (default meanstdmax: mean, std and max)")
-    s.add_argument("--level-db", type=float, default=None, metavar="DB",
-                   help="the bundle brings each sound to this RMS in dBFS first (e.g. -16); default: its own level")
+    s.add_argument("--level-db", type=level_arg, default="auto", metavar="DB",
+                   help="the bundle brings each sound to this RMS in dBFS first (e.g. -16); auto (the default): to "
+                        "the level of the prior's training audio; none: each sound at its own level")
     s.set_defaults(fn=cmd_bundle)
 
     s = sub.add_parser("relabel", help="second-round codes (HuBERT): k-means on a trained prior's layer, written as a "

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from musetok.embedding.embedder import DEFAULT_POOL, POOLS, Embedder, pool_factor
 from musetok.prior.builder import check_tokenizer
 from musetok.prior.model import join_input
-from musetok.shared.audio import AudioError, list_audio
+from musetok.shared.audio import AUTO_LEVEL, AudioError, list_audio, resolve_level
 from musetok.shared.errors import UserError
 from musetok.shared.io import atomic_write, atomic_write_text
 from musetok.shared.token_store import TokenStore
@@ -152,14 +152,23 @@ def _save(path: str, fn, *args, **kw) -> None:
 
 def embed(tokenizer_dir: str | Path, prior_dir: str | Path, out: str | Path, audio: str | Path | None = None,
           store: str | Path | None = None, layers: str = "all", pool: str = DEFAULT_POOL, fmt: str = "npy",
-          batch_size: int = 16, device: str = "cpu", progress: bool = True, level_db: float | None = None
-          ) -> EmbedResult:
+          batch_size: int = 16, device: str = "cpu", progress: bool = True,
+          level_db: float | str | None = AUTO_LEVEL) -> EmbedResult:
     """`musetok embed`: load the tokenizer and prior, then `embed_corpus`. `level_db`: each audio file is brought
-    to that RMS (dBFS) first (a store's codes and frames were computed already, so not with `store`)."""
+    to that RMS (dBFS) first; "auto" (the default): the level of the prior's own training audio; None: each file
+    as it is. A store's codes and frames were computed already: with `store` a number is refused, and "auto"
+    reads each file at the level it was tokenized at."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
-    if level_db is not None and store is not None:
+    auto = isinstance(level_db, str) and level_db.strip().lower() == AUTO_LEVEL
+    explicit = None if auto else resolve_level(level_db, None)
+    if explicit is not None and store is not None:
         raise UserError(f"--level-db: {store} holds codes and frames computed already; give --audio to read each "
                         "file at another level")
-    emb = Embedder.from_pretrained(tokenizer_dir, prior_dir, device=device, batch_size=batch_size, level_db=level_db)
+    emb = Embedder.from_pretrained(tokenizer_dir, prior_dir, device=device, batch_size=batch_size,
+                                   level_db=None if store is not None else level_db)
+    if audio is not None:
+        log.info("embed: %s", "each file read at its own level" if emb.level_db is None else
+                 f"each file brought to {emb.level_db:.1f} dBFS RMS first" +
+                 (" (the level of the prior's training audio)" if auto else ""))
     return embed_corpus(emb, out, audio=audio, store=store, layers=layers, pool=pool, fmt=fmt, progress=progress)

@@ -25,7 +25,16 @@ import torch
 
 from musetok.prior.builder import load_prior
 from musetok.prior.model import Prior, join_input, split_input
-from musetok.shared.audio import audio_rms, level_gain, to_mono_resampled, wave_rms
+from musetok.shared.audio import (
+    AUTO_LEVEL,
+    LevelMeter,
+    audio_rms,
+    iter_audio,
+    level_gain,
+    resolve_level,
+    to_mono_resampled,
+    wave_rms,
+)
 from musetok.shared.errors import UserError
 from musetok.shared.hub import resolve_folder
 from musetok.tokenizer.base import Tokenizer
@@ -137,19 +146,25 @@ def prior_states(prior: Prior, inputs: list, batch_size: int = 16) -> list[list[
     return [[torch.cat([w[layer] for w in ws]) for layer in range(len(prior.layer_names))] for ws in outs]
 
 
+LEVEL_HELD_SECONDS = 600.0  # read at a level, a file up to this long is decoded once and held in memory
+
+
 class Embedder:
     """A tokenizer and a prior that turn audio into per-layer frame states. `level_db`: each clip (a file, or a
-    waveform) is first brought to that RMS in dBFS, as if played louder or quieter; None reads it as it is."""
+    waveform) is first brought to that RMS in dBFS, as if played louder or quieter; "auto" (the default): the
+    level of the audio the prior was trained on (`prior.cfg.corpus_level_db`; a prior that did not record one
+    reads each clip as it is); None reads each clip as it is."""
 
-    def __init__(self, tokenizer: Tokenizer, prior: Prior, batch_size: int = 16, level_db: float | None = None):
+    def __init__(self, tokenizer: Tokenizer, prior: Prior, batch_size: int = 16,
+                 level_db: float | str | None = AUTO_LEVEL):
         self.tokenizer, self.prior, self.batch_size = tokenizer.eval(), prior.eval(), batch_size
-        self.level_db = level_db
+        self.level_db = resolve_level(level_db, prior.cfg.corpus_level_db)
         self.fz = Featurizer(tokenizer.cfg)
         self.frames = frame_stacker(tokenizer) if prior.cfg.reads_frames else None
 
     @classmethod
     def from_pretrained(cls, tokenizer_dir: str | Path, prior_dir: str | Path | None = None, device: str = "cpu",
-                        batch_size: int = 16, level_db: float | None = None) -> Embedder:
+                        batch_size: int = 16, level_db: float | str | None = AUTO_LEVEL) -> Embedder:
         """From a tokenizer folder and a prior folder, or from one bundle folder holding `tokenizer/` and
         `prior/` (`musetok bundle`). Each may be a Hugging Face Hub repo id instead of a local path."""
         if prior_dir is None:
@@ -177,8 +192,18 @@ class Embedder:
         return join_input(cfg, codes, frames)
 
     def inputs_from_file(self, path: str | Path):
-        gain = 1.0 if self.level_db is None else level_gain(audio_rms(path, self.fz.sample_rate), self.level_db)
-        return self._from_features(self.fz.iter_file(path, gain=gain))
+        if self.level_db is None:
+            return self._from_features(self.fz.iter_file(path))
+        # the level needs the whole file before the front-end: a file up to LEVEL_HELD_SECONDS is decoded once
+        # and held; a longer one is measured first, then read again, so it stays out of memory
+        sr, blocks, meter = self.fz.sample_rate, [], LevelMeter()
+        for b in iter_audio(path, sr, self.fz.block_seconds):
+            blocks.append(meter.add(b))
+            if meter.n > LEVEL_HELD_SECONDS * sr:
+                gain = level_gain(audio_rms(path, sr, self.fz.block_seconds), self.level_db)
+                return self._from_features(self.fz.iter_file(path, gain=gain))
+        gain = np.float32(level_gain(meter.rms, self.level_db))
+        return self._from_features(self.fz.iter_blocks(b * gain for b in blocks))
 
     def inputs_from_waveform(self, waveform: np.ndarray | torch.Tensor, sample_rate: int):
         wave = waveform.detach().cpu().numpy() if isinstance(waveform, torch.Tensor) else np.asarray(waveform)

@@ -13,8 +13,9 @@ states feed the embedding is the bundle's documented choice (`hear.json`):
 - `pool`: how scene embeddings summarise the timestamp embeddings over time: `meanstdmax` (what `musetok bundle`
   writes: their mean, standard deviation and maximum side by side, 3x the width; what `musetok embed` writes and
   the representation benchmark probes), `meanstd`, `mean` (a bundle without the key) or `max`;
-- `level_db`: each sound brought to that RMS in dBFS before the front-end (`musetok bundle --level-db`), or null
-  (the default, and a bundle without the key): each sound read at its own level.
+- `level_db`: each sound brought to that RMS in dBFS before the front-end (`musetok bundle` writes the level of
+  the prior's training audio, or `--level-db`'s), "auto" (that level, read from the prior), or null (and a bundle
+  without the key, written before it existed): each sound read at its own level.
 Timestamp embeddings are the prior's frames at the tokenizer's code rate (43 Hz, one every 23 ms for the
 `small` tokenizer); timestamps are frame centres in milliseconds.
 """
@@ -29,6 +30,7 @@ import torch
 
 from musetok.embedding.corpus import parse_layers
 from musetok.embedding.embedder import DEFAULT_POOL, POOLS, Embedder, pool_factor, pool_frames
+from musetok.shared.audio import AUTO_LEVEL
 from musetok.shared.errors import UserError
 from musetok.shared.hub import resolve_folder
 from musetok.shared.io import write_json
@@ -78,8 +80,8 @@ def load_model(model_file_path: str = "") -> HearModel:
     folder = resolve_folder(model_file_path)
     cfg = json.loads((folder / HEAR_FILE).read_text()) if (folder / HEAR_FILE).is_file() else {}
     level = cfg.get("level_db")
-    if level is not None and (isinstance(level, bool) or not isinstance(level, (int, float))):
-        raise UserError(f"{folder / HEAR_FILE}: level_db must be a number of dBFS or null, got {level!r}")
+    if level is not None and level != AUTO_LEVEL and (isinstance(level, bool) or not isinstance(level, (int, float))):
+        raise UserError(f"{folder / HEAR_FILE}: level_db must be a number of dBFS, \"auto\" or null, got {level!r}")
     emb = Embedder.from_pretrained(folder / "tokenizer", folder / "prior", level_db=level)
     # a bundle written before `pool` existed documented time-mean scene embeddings
     return HearModel(emb, cfg.get("layers", "all"), cfg.get("combine", "concat"), cfg.get("pool", "mean")).eval()
@@ -108,11 +110,14 @@ def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
 
 
 def write_bundle(tokenizer_dir: str | Path, prior_dir: str | Path, out: str | Path, layers: str = "all",
-                 combine: str = "concat", pool: str = DEFAULT_POOL, level_db: float | None = None) -> Path:
+                 combine: str = "concat", pool: str = DEFAULT_POOL, level_db: float | str | None = AUTO_LEVEL
+                 ) -> Path:
     """Copy a tokenizer and its prior into one folder with `hear.json` (checked by loading it); `level_db`: the
-    bundle reads each sound at that RMS (dBFS)."""
+    bundle reads each sound at that RMS (dBFS); "auto": at the level of the prior's training audio (written
+    into `hear.json` as the number); None: each sound at its own level."""
     out = Path(out)
-    emb = Embedder.from_pretrained(tokenizer_dir, prior_dir)  # refuses a prior of another tokenizer
+    emb = Embedder.from_pretrained(tokenizer_dir, prior_dir, level_db=level_db)  # refuses another tokenizer's prior
+    level_db = emb.level_db
     HearModel(emb, layers, combine, pool)  # checks layers, combine and pool
     for name, src in (("tokenizer", tokenizer_dir), ("prior", prior_dir)):
         shutil.copytree(src, out / name, dirs_exist_ok=True,

@@ -156,7 +156,7 @@ def relabel_store(prior_dir: str | Path, store_dir: str | Path, out: str | Path,
             for i, x in zip(part, _states(prior, store, part, index, batch_size)):
                 e = store.items[i]
                 w.add(e.path, _nearest(x, c)[None].astype(np.uint16), e.duration, e.size, e.mtime_ns,
-                      frames=np.asarray(store.frames_window(i, 0, e.length)))
+                      frames=np.asarray(store.frames_window(i, 0, e.length)), level_db=e.level_db)
                 written += 1
         for e in store.failed:
             if not w.done(e.path, e.size, e.mtime_ns):

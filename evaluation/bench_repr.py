@@ -55,7 +55,7 @@ from musetok.evaluation.probe import PRIMARY, Labels, make_split, probe_layers
 from musetok.prior.builder import build_prior_for_store
 from musetok.prior.config import PriorConfig
 from musetok.prior.train import PriorRunConfig, train_prior
-from musetok.shared.audio import list_audio
+from musetok.shared.audio import AUTO_LEVEL, LevelMeter, corpus_level, iter_audio, list_audio, resolve_level
 from musetok.shared.config import ConfigError, from_dict, load_config, to_dict
 from musetok.shared.distributed import pick_device
 from musetok.shared.errors import UserError
@@ -480,6 +480,25 @@ def pretrain(suite: Suite, out: Path, sizes: BenchSizes, seed: int, progress: bo
             "random": {name: r.model for name, r in random_runs.items()}}
 
 
+def suite_level(level_db: float | str | None, store: TokenStore, files: list[Path], sample_rate: int
+                ) -> float | None:
+    """The level every row reads a suite's probed clips at: `level_db` itself, or for "auto" the pretraining
+    audio's median level as its store recorded it (measured from the audio for a store tokenized before levels
+    were recorded): the level `musetok embed` brings clips to by default."""
+    if not (isinstance(level_db, str) and level_db.strip().lower() == AUTO_LEVEL):
+        return resolve_level(level_db, None)
+    if store.level_db is not None:
+        return store.level_db
+    levels, seconds = [], []
+    for f in files:
+        meter = LevelMeter()
+        for b in iter_audio(f, sample_rate):
+            meter.add(b)
+        levels.append(meter.db)
+        seconds.append(meter.n / sample_rate)
+    return corpus_level(levels, seconds)
+
+
 # -- features -------------------------------------------------------------------------------------------
 def pooled(emb: Embedder, inputs: list[np.ndarray], pool: str = DEFAULT_POOL, batch: int = 32) -> list[np.ndarray]:
     """Prior inputs -> the pooled states of every layer, `(N, pD)` each (p: 3 for mean/std/max), then of the
@@ -762,6 +781,17 @@ def format_table(cells: list[Cell], suite: str) -> str:
     return "\n".join(lines)
 
 
+def level_text(record: dict) -> str:
+    """What bench.md says of the level every row read the probed clips at."""
+    level = record.get("level_db")
+    if level is None:
+        return "; every row reads each probed clip at its own level (`--level-db none`)"
+    if level == AUTO_LEVEL:
+        return ("; every row reads each probed clip brought to the median RMS level of its suite's pretraining "
+                "audio, what `musetok embed` does (`--level-db auto`; the level is under each suite)")
+    return f"; every row reads each probed clip brought to {level:g} dBFS RMS first (`--level-db {level:g}`)"
+
+
 def write_outputs(out: Path, cells: list[Cell], record: dict) -> Path:
     suites = list(dict.fromkeys(c.suite for c in cells))
     with open(out / "bench.csv", "w", newline="") as f:
@@ -792,17 +822,18 @@ def write_outputs(out: Path, cells: list[Cell], record: dict) -> Path:
              f"{record['threads']} threads.", "",
              f"Every row is pooled over time the same way ({POOL_LABELS[record['pool']]}, `--pool {record['pool']}`; "
              "bag of codes is "
-             "a code histogram)" + ("" if record.get("level_db") is None else
-                                   f"; every row reads each probed clip brought to {record['level_db']:g} dBFS RMS "
-                                   f"first (`--level-db {record['level_db']:g}`)") +
+             "a code histogram)" + level_text(record) +
              ". Linear probes; layer and C chosen on validation log-loss; each cell is the "
              f"test metric's mean ± std over {record['splits']} grouped splits (seeds {record['split_seeds']}); "
              "[layer] is the layer chosen most often. Best row per task in bold. No probed clip was seen in "
              "pretraining (checked by path and sha1).", ""]
     for suite in suites:
         pre = record["suites"][suite]
-        lines += [f"## {suite}", "", f"Pretraining: {pre['pretrain_files']} files, {pre['pretrain_hours']:.2f} h; "
-                  f"probed: {pre['probe_files']} clips. Equal compute for every prior: "
+        level = pre.get("level_db")
+        lines += [f"## {suite}", "", f"Pretraining: {pre['pretrain_files']} files, {pre['pretrain_hours']:.2f} h"
+                  + ("" if level is None else f" (median level {level:g} dBFS)") + "; "
+                  f"probed: {pre['probe_files']} clips"
+                  + ("" if level is None else f", each read at {level:g} dBFS") + ". Equal compute for every prior: "
                   + ", ".join(f"{k} {v}" for k, v in pre["equal_compute"].items()) + ".", "",
                   format_table(cells, suite), ""]
         lines += [f"![{p.stem}]({p.name})" for p in sorted(out.glob(f"layers_{slug(suite)}_*.png"))] + [""]
@@ -819,17 +850,20 @@ def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = Fa
                seed: int = 0, probes: tuple[str, ...] = ("linear",), progress: bool = True,
                command: str = "musetok bench-repr", prior_overrides: list[str] = (),
                priors: tuple[str, ...] = DEFAULT_PRIORS, tokenizer_overrides: list[str] = (),
-               pool: str = DEFAULT_POOL, level_db: float | None = None) -> tuple[Path, list[Cell]]:
+               pool: str = DEFAULT_POOL, level_db: float | str | None = AUTO_LEVEL) -> tuple[Path, list[Cell]]:
     """Run the benchmark into `out` (see the module doc); `data`: the dev kit folder (music/ and notes/) for the
     real-music suite; `prior_overrides` / `tokenizer_overrides`: `key=value` settings applied to every prior
     alike / to the tokenizer (a lever to measure, e.g. `model.mask_span=17`); `priors`: which of `PRIORS` to
     train (the `frames` control always is); `level_db`: every probed clip brought to that RMS (dBFS) before any row
-    reads it (None: as it is). Returns the path of bench.md and every cell."""
+    reads it; "auto": each suite's pretraining audio's median level (`suite_level`); None: as it is. Returns the
+    path of bench.md and every cell."""
     unknown = [p for p in priors if p not in PRIORS]
     if unknown:
         raise UserError(f"--priors: unknown prior '{unknown[0]}' (known: {', '.join(PRIORS)})")
     if pool not in POOLS:
         raise UserError(f"--pool: unknown pooling '{pool}' (known: {', '.join(POOLS)})")
+    if not (isinstance(level_db, str) and level_db.strip().lower() == AUTO_LEVEL):
+        level_db = resolve_level(level_db, None)
     priors = tuple(dict.fromkeys([*priors, "frames"]))
     if SECOND_ROUND in priors:  # its first round comes first
         priors = tuple(dict.fromkeys([p for p in priors if p != SECOND_ROUND] + [RECOMMENDED, SECOND_ROUND]))
@@ -862,13 +896,16 @@ def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = Fa
         configs = pretrain(suite, work, sizes, seed, progress, times, prior_overrides, priors, tokenizer_overrides)
         store = TokenStore(work / "store")
         random_cfgs = configs.pop("random")
-        feats = {ps.name: features(work, probe_files[ps.name], seed, times, priors, random_cfgs, pool, level_db)
+        level = suite_level(level_db, store, pre_files, store.meta.sample_rate)
+        log.info("%s: every row reads each probed clip %s", suite.name,
+                 "as it is" if level is None else f"brought to {level:g} dBFS RMS")
+        feats = {ps.name: features(work, probe_files[ps.name], seed, times, priors, random_cfgs, pool, level)
                  for ps in suite.probe_sets}
         t = time.time()
         cells += probe_suite(suite, feats, sizes, seed, probes)
         times["probes"] = time.time() - t
         record["suites"][suite.name] = {
-            "pretrain_files": len(pre_files), "pretrain_hours": store.hours,
+            "pretrain_files": len(pre_files), "pretrain_hours": store.hours, "level_db": level,
             "probe_files": len(hashes) - len(pre_files),
             "equal_compute": configs.pop("equal_compute"), "configs": configs, "times": times,
             "sha1": {str(Path(p).resolve()): h for p, h in hashes.items()}}

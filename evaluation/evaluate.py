@@ -19,6 +19,7 @@ import numpy as np
 
 from musetok.evaluation.baselines import HANDCRAFTED, handcrafted_features
 from musetok.evaluation.probe import Labels, ProbeResult, make_split, probe_layers, read_labels
+from musetok.shared.audio import AUTO_LEVEL, resolve_level
 from musetok.shared.errors import UserError
 from musetok.shared.io import file_sha1, write_json
 from musetok.shared.plots import plot_bars, plot_layer_curve
@@ -149,9 +150,15 @@ def format_table(results: list[ProbeResult]) -> str:
 
 def probe(labels_csv: str | Path, column: str, out: str | Path, task: str = "auto", embeddings: list[str] = (),
           baselines: list[str] = (), audio: str | Path | None = None, sample_rate: int = 22050,
-          probes: tuple[str, ...] = ("linear", "mlp"), seed: int = 0, log=print) -> list[ProbeResult]:
+          probes: tuple[str, ...] = ("linear", "mlp"), seed: int = 0, log=print,
+          level_db: float | None = None) -> list[ProbeResult]:
     """`musetok probe`: probe `[NAME=]PATH` embedding files and hand-crafted baselines (computed from the
-    labelled audio, relative to `audio` or the labels' folder) on one label column."""
+    labelled audio, relative to `audio` or the labels' folder, each clip brought to an RMS of `level_db` dBFS
+    first where one is given) on one label column."""
+    if isinstance(level_db, str) and level_db.strip().lower() == AUTO_LEVEL:
+        raise UserError("--level-db: auto is the level of a prior's training audio, and probe reads no prior; give "
+                        "the number its model card says (or none)")
+    level_db = resolve_level(level_db, None)
     unknown = [b for b in baselines if b not in HANDCRAFTED]
     if unknown:
         raise UserError(f"--baselines: unknown baseline '{unknown[0]}' (known: {', '.join(HANDCRAFTED)})")
@@ -167,7 +174,8 @@ def probe(labels_csv: str | Path, column: str, out: str | Path, task: str = "aut
     if baselines:
         labels = read_labels(labels_csv, column, task)
         root = Path(audio) if audio else Path(labels_csv).parent
-        feats = handcrafted_features([root / p for p in labels.paths], sample_rate, tuple(baselines))
+        feats = handcrafted_features([root / p for p in labels.paths], sample_rate, tuple(baselines),
+                                     level_db=level_db)
         sets += [FeatureSet(k, v, labels.paths, [k]) for k, v in feats.items()]
     if not sets:
         raise UserError("nothing to probe: give --embeddings and/or --baselines")

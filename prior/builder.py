@@ -16,18 +16,20 @@ from musetok.shared.token_store import StoreMeta, TokenStore
 FORMAT_VERSION = 1
 
 
-def bind_to_store(cfg: PriorConfig, meta: StoreMeta) -> PriorConfig:
-    """A copy of `cfg` with its input/output sizes and tokenizer identity taken from a token store's meta."""
+def bind_to_store(cfg: PriorConfig, meta: StoreMeta, level_db: float | None = None) -> PriorConfig:
+    """A copy of `cfg` with its input/output sizes and tokenizer identity taken from a token store's meta, and
+    the level its audio is heard at (`TokenStore.level_db`)."""
     bands = len(meta.frames_pitch_class)
     chroma_dim = 12 * (meta.frames_dim // bands) if cfg.aux_chroma > 0 and bands else 0
     return replace(cfg, codebook_size=meta.codebook_size, num_codebooks=meta.num_codebooks,
                    frame_rate=meta.frame_rate, tokenizer_id=meta.tokenizer_id, frame_dim=meta.frames_dim,
-                   codes_source=meta.codes_source, chroma_dim=chroma_dim, frame_bands=len(meta.frames_mean))
+                   codes_source=meta.codes_source, chroma_dim=chroma_dim, frame_bands=len(meta.frames_mean),
+                   corpus_level_db=level_db)
 
 
 def build_prior_for_store(cfg: PriorConfig, store: TokenStore) -> Prior:
     """A fresh (untrained) prior sized for this store: the random-weights control of the probes."""
-    return Prior(bind_to_store(cfg, store.meta))
+    return Prior(bind_to_store(cfg, store.meta, store.level_db))
 
 
 def save_prior(folder: str | Path, model: Prior) -> None:

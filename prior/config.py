@@ -130,6 +130,7 @@ class PriorConfig:
     tokenizer_id: str = ""
     frame_rate: float = 0.0
     codes_source: str = ""          # "": the tokenizer's codes; else second-round codes (`musetok relabel`)
+    corpus_level_db: float | None = None  # the store's median RMS in dBFS: embedding reads clips at this level
 
     def __post_init__(self):
         check(self.dim % self.heads == 0, "model.dim", f"must be divisible by model.heads ({self.heads})")

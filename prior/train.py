@@ -102,7 +102,7 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
     store = TokenStore(store_dir)
     if len(store) == 0:
         raise ConfigError(f"{store_dir}: the token store has no items to train on")
-    mc = bind_to_store(run.model, store.meta)
+    mc = bind_to_store(run.model, store.meta, store.level_db)
     if mc.conv_harmonics and not store.meta.frames_pitch_class:
         raise ConfigError(f"{Path(store_dir) / 'meta.json'}: model.conv_harmonics stacks bands whole semitones "
                           "apart, which needs a store of a semitone tokenizer (mel.scale: semitone)")
@@ -231,7 +231,11 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                                            + (f" and their harmonics {', '.join(f'{h:g}' for h in mc.conv_harmonics)}"
                                               if mc.conv_harmonics else ""),
                       "validation": metrics_txt, "tokenizer id": mc.tokenizer_id,
-                      "frame rate": f"{mc.frame_rate:.2f} Hz"},
+                      "frame rate": f"{mc.frame_rate:.2f} Hz",
+                      "level": (f"its audio's median RMS is {mc.corpus_level_db:.1f} dBFS; the embedder brings each "
+                                "clip to it first (`level_db`)" if mc.corpus_level_db is not None else
+                                "not recorded (a store written before levels were); the embedder reads each clip "
+                                "at its own level")},
                      'from musetok.embedding import Embedder\n\n'
                      f'emb = Embedder.from_pretrained("TOKENIZER_FOLDER", "{out.name}")')
     distributed.shutdown(d)

@@ -190,6 +190,27 @@ def load_audio(path: str | Path, sample_rate: int, start: float = 0.0,
 SILENT_DBFS = -100.0  # a clip whose RMS is below this is silence: `level_gain` leaves it as it is
 
 
+AUTO_LEVEL = "auto"  # a level asked for as "auto": the level of the audio a model was trained on
+
+
+def resolve_level(level_db: float | str | None, auto: float | None) -> float | None:
+    """A level asked for (dBFS, None for each clip as it is, or "auto") as a number or None; "auto" is `auto`,
+    the level a model recorded (None when it did not)."""
+    if isinstance(level_db, str):
+        if level_db.strip().lower() == AUTO_LEVEL:
+            return auto
+        if level_db.strip().lower() == "none":
+            return None
+        try:
+            level_db = float(level_db)
+        except ValueError:
+            raise UserError(f"level_db: expected a number of dBFS, 'auto' or 'none', got {level_db!r}") from None
+    if level_db is not None and (isinstance(level_db, bool) or not np.isfinite(level_db) or not
+                                 -100 < float(level_db) <= 0):
+        raise UserError(f"level_db: {level_db!r} dBFS is not a level a clip can be brought to (-100 < dB <= 0)")
+    return None if level_db is None else float(level_db)
+
+
 def level_gain(rms: float, level_db: float | None) -> float:
     """The amplitude gain that brings a clip of RMS `rms` (full scale 1.0) to `level_db` dBFS; 1.0 with no level
     asked for or for a silent clip."""
@@ -206,11 +227,50 @@ def wave_rms(wave: np.ndarray) -> float:
 
 def audio_rms(path: str | Path, sample_rate: int, block_seconds: float = 30.0) -> float:
     """The RMS of a file's mono signal at `sample_rate`, read block by block (long files stay out of memory)."""
-    total, n = 0.0, 0
+    meter = LevelMeter()
     for b in iter_audio(path, sample_rate, block_seconds):
-        total += float(np.dot(b.astype(np.float64), b.astype(np.float64)))
-        n += len(b)
-    return float(np.sqrt(total / max(n, 1)))
+        meter.add(b)
+    return meter.rms
+
+
+def rms_db(rms: float) -> float:
+    """An RMS (full scale 1.0) in dBFS, floored at `SILENT_DBFS` - 20 so that digital silence is a number."""
+    return float(20 * np.log10(max(rms, 10 ** ((SILENT_DBFS - 20) / 20))))
+
+
+class LevelMeter:
+    """The RMS of a signal fed block by block (`add`), summed in float64; `db` is it in dBFS."""
+
+    def __init__(self):
+        self.total, self.n = 0.0, 0
+
+    def add(self, block: np.ndarray) -> np.ndarray:
+        b = np.asarray(block, dtype=np.float64)
+        self.total += float(np.dot(b, b))
+        self.n += len(b)
+        return block
+
+    @property
+    def rms(self) -> float:
+        return float(np.sqrt(self.total / max(self.n, 1)))
+
+    @property
+    def db(self) -> float:
+        return rms_db(self.rms)
+
+
+def corpus_level(levels_db: list[float], durations: list[float]) -> float | None:
+    """The level a corpus is heard at: the median of its files' RMS levels (dBFS), each file weighted by its
+    duration (what a prior reads most); silent files do not count. None when no file has a level."""
+    pairs = sorted((lv, d) for lv, d in zip(levels_db, durations) if lv is not None and lv > SILENT_DBFS and d > 0)
+    if not pairs:
+        return None
+    half, acc = sum(d for _, d in pairs) / 2, 0.0
+    for lv, d in pairs:
+        acc += d
+        if acc >= half:
+            return round(lv, 2)
+    return round(pairs[-1][0], 2)
 
 
 def to_mono_resampled(wave: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:

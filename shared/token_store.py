@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from musetok.shared.audio import corpus_level
 from musetok.shared.errors import UserError, write_error
 from musetok.shared.io import CheckpointError, FolderLock, atomic_write_text, read_versioned_json, write_json
 
@@ -83,6 +84,7 @@ class StoreEntry:
     mtime_ns: int = -1
     reason: str = ""
     written_ns: int = field(default_factory=time.time_ns)
+    level_db: float | None = None  # the file's RMS in dBFS as tokenized (None: a store written before levels were)
 
 
 def file_signature(path: str | Path) -> tuple[int, int]:
@@ -168,11 +170,20 @@ class TokenStore:
     def hours(self) -> float:
         return sum(e.duration for e in self.items) / 3600
 
+    @property
+    def level_db(self) -> float | None:
+        """The level the corpus is heard at: its files' duration-weighted median RMS in dBFS. None when a file
+        has no level (written before levels were recorded) or the store is empty."""
+        if not self.items or any(e.level_db is None for e in self.items):
+            return None
+        return corpus_level([e.level_db for e in self.items], [e.duration for e in self.items])
+
     def summary(self) -> str:
         m = self.meta
+        level = self.level_db
         return (f"store {self.root}: tokenizer {m.tokenizer_id}, {m.num_codebooks} x {m.codebook_size} codes "
-                f"at {m.frame_rate:.2f} Hz; {len(self)} files, {self.hours:.3f} h, {self.total_frames} frames; "
-                f"{len(self.failed)} failed")
+                f"at {m.frame_rate:.2f} Hz; {len(self)} files, {self.hours:.3f} h, {self.total_frames} frames"
+                + ("" if level is None else f", median level {level:.1f} dBFS") + f"; {len(self.failed)} failed")
 
     def index_of(self, path: str) -> int:
         if path not in self._by_path:
@@ -296,8 +307,9 @@ class TokenStoreWriter:
         self.entries[entry.path] = entry
 
     def add(self, path: str, codes: np.ndarray, duration: float, size: int, mtime_ns: int,
-            frames: np.ndarray | None = None) -> StoreEntry:
-        """Append one file's codes `(K, T)` (and mel frames `(T, frames_dim)` if the store keeps them)."""
+            frames: np.ndarray | None = None, level_db: float | None = None) -> StoreEntry:
+        """Append one file's codes `(K, T)` (and mel frames `(T, frames_dim)` if the store keeps them);
+        `level_db`: the file's RMS in dBFS."""
         if codes.shape[0] != self.k:
             raise ValueError(f"{path}: codes have {codes.shape[0]} codebooks, the store {self.k}")
         if self.meta.frames_dim and (frames is None or frames.shape != (codes.shape[1], self.meta.frames_dim)):
@@ -310,7 +322,8 @@ class TokenStoreWriter:
         if self.meta.frames_dim:
             _append(shard.with_suffix(".f16"), np.ascontiguousarray(frames, dtype=np.float16).tobytes())
         _append(shard, np.ascontiguousarray(codes.T.astype(np.uint16)).tobytes())  # (T, K)
-        entry = StoreEntry(path, "ok", self.shard, self.end, codes.shape[1], duration, size, mtime_ns)
+        entry = StoreEntry(path, "ok", self.shard, self.end, codes.shape[1], duration, size, mtime_ns,
+                           level_db=None if level_db is None else round(float(level_db), 3))
         self._append_index(entry)
         self.end += codes.shape[1]
         return entry

@@ -86,8 +86,13 @@ def test_a_bundle_can_read_every_sound_at_one_level(tmp_path, trained_tokenizer,
     a, b = (hear.get_scene_embeddings(g * noise, plain) for g in (0.5, 0.005))
     assert (a - b).abs().max() > 0.1
     (out / "hear.json").write_text(json.dumps({**cfg, "level_db": "loud"}))
-    with pytest.raises(Exception, match=r"hear.json: level_db must be a number of dBFS or null, got 'loud'"):
+    with pytest.raises(Exception, match=r"hear.json: level_db must be a number of dBFS, \"auto\" or null, got 'loud'"):
         hear.load_model(str(out))
+    # by default a bundle reads each sound at the level of the prior's training audio, written as the number
+    assert main(["bundle", "--tokenizer", str(trained_tokenizer), "--prior", str(prior_dirs["frames_codes"]),
+                 "--out", str(tmp_path / "d")]) == 0
+    level = json.loads((tmp_path / "d" / "hear.json").read_text())["level_db"]
+    assert level == hear.load_model(str(tmp_path / "d")).embedder.prior.cfg.corpus_level_db and -40 < level < -10
 
 
 def test_saved_folders_have_model_cards(trained_tokenizer, prior_dirs):

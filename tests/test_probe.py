@@ -108,7 +108,7 @@ def test_demo_corpus_deterministic_and_in_key(tmp_path):
         mir_eval.key.validate_key(r["key"])
 
 
-def test_probe_cli_with_embeddings_and_baselines(tmp_path):
+def test_probe_cli_with_embeddings_and_baselines(tmp_path, monkeypatch, capsys):
     from musetok.cli import main
     from musetok.demo.corpus import DemoCorpusConfig, make_demo_corpus
     labels = make_demo_corpus(tmp_path / "c", DemoCorpusConfig(pieces=30, seconds=3.0))
@@ -125,6 +125,17 @@ def test_probe_cli_with_embeddings_and_baselines(tmp_path):
     assert (out / "probe_instrument.png").is_file() and (out / "results.json").is_file()
     assert main(["probe", "--labels", str(labels), "--column", "instrument", "--baselines", "nope",
                  "--out", str(out)]) == 2
+    # --level-db: the baselines read each clip at that level (the number on a prior's card); auto needs a prior
+    from musetok.evaluation import evaluate
+    asked = []
+    real = evaluate.handcrafted_features
+    monkeypatch.setattr(evaluate, "handcrafted_features",
+                        lambda *a, **kw: asked.append(kw.get("level_db")) or real(*a, **kw))
+    for level, rc in (("-20", 0), ("none", 0), ("auto", 2)):
+        assert main(["probe", "--labels", str(labels), "--column", "instrument", "--baselines", "mfcc", "--probes",
+                     "linear", "--level-db", level, "--out", str(tmp_path / "lv")]) == rc
+    assert asked == [-20.0, None]
+    assert "--level-db: auto is the level of a prior's training audio" in capsys.readouterr().err
 
 
 

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from musetok.shared import distributed
-from musetok.shared.audio import AudioCorpus, AudioError, list_audio
+from musetok.shared.audio import AudioCorpus, AudioError, LevelMeter, list_audio
 from musetok.shared.errors import UserError
 from musetok.shared.token_store import TokenStoreWriter, file_signature, merge_indexes
 from musetok.tokenizer.base import Tokenizer, overlapping_chunks
@@ -73,7 +73,8 @@ class TokenizeResult:
 
 
 class ChunkStream(torch.utils.data.IterableDataset):
-    """Yields, per file, `("chunk", i, chunk, left, n_core)` items then one `("end", i, seconds, error)`."""
+    """Yields, per file, `("chunk", i, chunk, left, n_core)` items then one `("end", i, seconds, error, level)`
+    (`level`: the file's RMS in dBFS)."""
 
     def __init__(self, corpus: AudioCorpus, files: list[str], featurizer: Featurizer, core: int, context: int,
                  min_seconds: float = 0.0):
@@ -84,9 +85,9 @@ class ChunkStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         for i in range(wid, len(self.files), nw):
-            units = 0
+            units, meter = 0, LevelMeter()
             try:
-                blocks = self.fz.iter_file(self.corpus.path(self.files[i]))
+                blocks = self.fz.iter_file(self.corpus.path(self.files[i]), meter=meter)
                 for chunk, left, n_core in overlapping_chunks(blocks, self.core, self.context):
                     units += n_core
                     yield ("chunk", i, chunk, left, n_core)
@@ -94,11 +95,11 @@ class ChunkStream(torch.utils.data.IterableDataset):
                 if seconds < self.min_seconds:
                     raise AudioError(self.files[i], f"too short ({seconds * 1000:.0f} ms; one code frame is "
                                                     f"{self.min_seconds * 1000:.0f} ms)")
-                yield ("end", i, seconds, "")
+                yield ("end", i, seconds, "", meter.db)
             except AudioError as e:
-                yield ("end", i, 0.0, e.reason)
+                yield ("end", i, 0.0, e.reason, None)
             except Exception as e:  # noqa: BLE001 - one bad file must never stop the corpus
-                yield ("end", i, 0.0, f"{type(e).__name__}: {e}")
+                yield ("end", i, 0.0, f"{type(e).__name__}: {e}", None)
 
 
 def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, workers: int = 1,
@@ -160,7 +161,7 @@ def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, work
                         core = chunk[:, left:left + n_core].numpy()
                         pending_frames.setdefault(i, []).append(stacker(core))
                     continue
-                _, _, seconds, error = item
+                _, _, seconds, error, level = item
                 rel, size, mtime = todo[i]
                 parts = pending.pop(i, [])
                 frames = pending_frames.pop(i, [])
@@ -170,7 +171,7 @@ def tokenize_corpus(model: Tokenizer, audio: str | Path, store: str | Path, work
                     log.warning("failed: %s: %s", rel, error)
                 else:
                     writer.add(rel, np.concatenate(parts, axis=1), seconds, size, mtime,
-                               np.concatenate(frames) if with_frames else None)
+                               np.concatenate(frames) if with_frames else None, level_db=level)
                     result.encoded += 1
                     result.audio_seconds += seconds
                 result.wall_seconds = time.time() - t0

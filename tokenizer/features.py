@@ -3,13 +3,13 @@ continuous prior's input (normalised mel frames stacked to the code rate)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from musetok.shared.audio import iter_audio
+from musetok.shared.audio import LevelMeter, iter_audio
 from musetok.shared.errors import UserError
 from musetok.shared.mel import MelFrontend, StreamingMel, semitone_pitch_classes
 from musetok.shared.normalize import MelStats
@@ -34,13 +34,19 @@ class Featurizer:
     def units_per_second(self) -> float:
         return self.cfg.mel.frame_rate if self.cfg.input == "mel" else float(self.sample_rate)
 
-    def iter_file(self, path: str | Path, start: float = 0.0, duration: float | None = None, gain: float = 1.0
-                  ) -> Iterator[np.ndarray]:
+    def iter_file(self, path: str | Path, start: float = 0.0, duration: float | None = None, gain: float = 1.0,
+                  meter: LevelMeter | None = None) -> Iterator[np.ndarray]:
         """Yield `(C, n)` blocks of model input for a file (raises AudioError for a bad file), its samples
-        multiplied by `gain` first."""
+        multiplied by `gain` first; `meter` measures the level of the samples read (at `sample_rate`)."""
         blocks = iter_audio(path, self.sample_rate, self.block_seconds, start=start, duration=duration)
         if gain != 1.0:
             blocks = (b * np.float32(gain) for b in blocks)
+        if meter is not None:
+            blocks = (meter.add(b) for b in blocks)
+        return self.iter_blocks(blocks)
+
+    def iter_blocks(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Mono blocks at `sample_rate`, in order -> `(C, n)` blocks of model input (as `iter_file` yields)."""
         if self.frontend is None:
             for b in blocks:
                 yield b[None]
