@@ -83,10 +83,10 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
 
 def level_arg(text: str) -> float | str | None:
     """`--level-db`: a number of dBFS, `auto` or `none`."""
-    from musetok.shared.audio import AUTO_LEVEL, resolve_level
+    from musetok.shared.audio import AUTO_LEVEL, is_auto_level, resolve_level
     from musetok.shared.errors import UserError
 
-    if text.strip().lower() == AUTO_LEVEL:
+    if is_auto_level(text):
         return AUTO_LEVEL
     try:
         return resolve_level(text, None)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from musetok.embedding.embedder import DEFAULT_POOL, POOLS, Embedder, pool_factor
 from musetok.prior.builder import check_tokenizer
 from musetok.prior.model import join_input
-from musetok.shared.audio import AUTO_LEVEL, AudioError, list_audio, resolve_level
+from musetok.shared.audio import AUTO_LEVEL, AudioError, is_auto_level, list_audio, resolve_level
 from musetok.shared.errors import UserError
 from musetok.shared.io import atomic_write, atomic_write_text
 from musetok.shared.token_store import TokenStore
@@ -160,7 +160,7 @@ def embed(tokenizer_dir: str | Path, prior_dir: str | Path, out: str | Path, aud
     reads each file at the level it was tokenized at."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
-    auto = isinstance(level_db, str) and level_db.strip().lower() == AUTO_LEVEL
+    auto = is_auto_level(level_db)
     explicit = None if auto else resolve_level(level_db, None)
     if explicit is not None and store is not None:
         raise UserError(f"--level-db: {store} holds codes and frames computed already; give --audio to read each "

@@ -30,7 +30,7 @@ import torch
 
 from musetok.embedding.corpus import parse_layers
 from musetok.embedding.embedder import DEFAULT_POOL, POOLS, Embedder, pool_factor, pool_frames
-from musetok.shared.audio import AUTO_LEVEL
+from musetok.shared.audio import AUTO_LEVEL, is_auto_level
 from musetok.shared.errors import UserError
 from musetok.shared.hub import resolve_folder
 from musetok.shared.io import write_json
@@ -80,7 +80,8 @@ def load_model(model_file_path: str = "") -> HearModel:
     folder = resolve_folder(model_file_path)
     cfg = json.loads((folder / HEAR_FILE).read_text()) if (folder / HEAR_FILE).is_file() else {}
     level = cfg.get("level_db")
-    if level is not None and level != AUTO_LEVEL and (isinstance(level, bool) or not isinstance(level, (int, float))):
+    if level is not None and not is_auto_level(level) and (isinstance(level, bool) or
+                                                           not isinstance(level, (int, float))):
         raise UserError(f"{folder / HEAR_FILE}: level_db must be a number of dBFS, \"auto\" or null, got {level!r}")
     emb = Embedder.from_pretrained(folder / "tokenizer", folder / "prior", level_db=level)
     # a bundle written before `pool` existed documented time-mean scene embeddings

@@ -55,7 +55,7 @@ from musetok.evaluation.probe import PRIMARY, Labels, make_split, probe_layers
 from musetok.prior.builder import build_prior_for_store
 from musetok.prior.config import PriorConfig
 from musetok.prior.train import PriorRunConfig, train_prior
-from musetok.shared.audio import AUTO_LEVEL, LevelMeter, corpus_level, iter_audio, list_audio, resolve_level
+from musetok.shared.audio import AUTO_LEVEL, corpus_level, file_level, is_auto_level, list_audio, resolve_level
 from musetok.shared.config import ConfigError, from_dict, load_config, to_dict
 from musetok.shared.distributed import pick_device
 from musetok.shared.errors import UserError
@@ -485,18 +485,12 @@ def suite_level(level_db: float | str | None, store: TokenStore, files: list[Pat
     """The level every row reads a suite's probed clips at: `level_db` itself, or for "auto" the pretraining
     audio's median level as its store recorded it (measured from the audio for a store tokenized before levels
     were recorded): the level `musetok embed` brings clips to by default."""
-    if not (isinstance(level_db, str) and level_db.strip().lower() == AUTO_LEVEL):
+    if not is_auto_level(level_db):
         return resolve_level(level_db, None)
     if store.level_db is not None:
         return store.level_db
-    levels, seconds = [], []
-    for f in files:
-        meter = LevelMeter()
-        for b in iter_audio(f, sample_rate):
-            meter.add(b)
-        levels.append(meter.db)
-        seconds.append(meter.n / sample_rate)
-    return corpus_level(levels, seconds)
+    meters = [file_level(f, sample_rate) for f in files]
+    return corpus_level([m.db for m in meters], [m.n / sample_rate for m in meters])
 
 
 # -- features -------------------------------------------------------------------------------------------
@@ -786,7 +780,7 @@ def level_text(record: dict) -> str:
     level = record.get("level_db")
     if level is None:
         return "; every row reads each probed clip at its own level (`--level-db none`)"
-    if level == AUTO_LEVEL:
+    if is_auto_level(level):
         return ("; every row reads each probed clip brought to the median RMS level of its suite's pretraining "
                 "audio, what `musetok embed` does (`--level-db auto`; the level is under each suite)")
     return f"; every row reads each probed clip brought to {level:g} dBFS RMS first (`--level-db {level:g}`)"
@@ -862,8 +856,8 @@ def bench_repr(out: str | Path, data: str | Path | None = None, quick: bool = Fa
         raise UserError(f"--priors: unknown prior '{unknown[0]}' (known: {', '.join(PRIORS)})")
     if pool not in POOLS:
         raise UserError(f"--pool: unknown pooling '{pool}' (known: {', '.join(POOLS)})")
-    if not (isinstance(level_db, str) and level_db.strip().lower() == AUTO_LEVEL):
-        level_db = resolve_level(level_db, None)
+    # a bad level is refused before anything is trained
+    level_db = AUTO_LEVEL if is_auto_level(level_db) else resolve_level(level_db, None)
     priors = tuple(dict.fromkeys([*priors, "frames"]))
     if SECOND_ROUND in priors:  # its first round comes first
         priors = tuple(dict.fromkeys([p for p in priors if p != SECOND_ROUND] + [RECOMMENDED, SECOND_ROUND]))

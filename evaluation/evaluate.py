@@ -19,7 +19,7 @@ import numpy as np
 
 from musetok.evaluation.baselines import HANDCRAFTED, handcrafted_features
 from musetok.evaluation.probe import Labels, ProbeResult, make_split, probe_layers, read_labels
-from musetok.shared.audio import AUTO_LEVEL, resolve_level
+from musetok.shared.audio import is_auto_level, resolve_level
 from musetok.shared.errors import UserError
 from musetok.shared.io import file_sha1, write_json
 from musetok.shared.plots import plot_bars, plot_layer_curve
@@ -155,7 +155,7 @@ def probe(labels_csv: str | Path, column: str, out: str | Path, task: str = "aut
     """`musetok probe`: probe `[NAME=]PATH` embedding files and hand-crafted baselines (computed from the
     labelled audio, relative to `audio` or the labels' folder, each clip brought to an RMS of `level_db` dBFS
     first where one is given) on one label column."""
-    if isinstance(level_db, str) and level_db.strip().lower() == AUTO_LEVEL:
+    if is_auto_level(level_db):
         raise UserError("--level-db: auto is the level of a prior's training audio, and probe reads no prior; give "
                         "the number its model card says (or none)")
     level_db = resolve_level(level_db, None)

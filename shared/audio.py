@@ -193,12 +193,17 @@ SILENT_DBFS = -100.0  # a clip whose RMS is below this is silence: `level_gain` 
 AUTO_LEVEL = "auto"  # a level asked for as "auto": the level of the audio a model was trained on
 
 
+def is_auto_level(level_db: float | str | None) -> bool:
+    """Whether a level asked for is "auto" (any case)."""
+    return isinstance(level_db, str) and level_db.strip().lower() == AUTO_LEVEL
+
+
 def resolve_level(level_db: float | str | None, auto: float | None) -> float | None:
     """A level asked for (dBFS, None for each clip as it is, or "auto") as a number or None; "auto" is `auto`,
     the level a model recorded (None when it did not)."""
+    if is_auto_level(level_db):
+        return auto
     if isinstance(level_db, str):
-        if level_db.strip().lower() == AUTO_LEVEL:
-            return auto
         if level_db.strip().lower() == "none":
             return None
         try:
@@ -225,12 +230,18 @@ def wave_rms(wave: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(w, dtype=np.float64)))) if w.size else 0.0
 
 
-def audio_rms(path: str | Path, sample_rate: int, block_seconds: float = 30.0) -> float:
-    """The RMS of a file's mono signal at `sample_rate`, read block by block (long files stay out of memory)."""
+def file_level(path: str | Path, sample_rate: int, block_seconds: float = 30.0) -> LevelMeter:
+    """A file's mono signal at `sample_rate` read block by block through a `LevelMeter` (long files stay out of
+    memory): its `rms`, `db` and samples `n`."""
     meter = LevelMeter()
     for b in iter_audio(path, sample_rate, block_seconds):
         meter.add(b)
-    return meter.rms
+    return meter
+
+
+def audio_rms(path: str | Path, sample_rate: int, block_seconds: float = 30.0) -> float:
+    """The RMS of a file's mono signal at `sample_rate`, read block by block."""
+    return file_level(path, sample_rate, block_seconds).rms
 
 
 def rms_db(rms: float) -> float:
