@@ -52,9 +52,25 @@ def cmd_tokenize(a: argparse.Namespace) -> int:
     print(f"tokenize{f' shard {i}/{n}' if n > 1 else ''} -> {a.out}: {r.summary()}")
     if r.merged:
         print(f"merged the indexes of {n} shards: {r.merged} files in {a.out}")
+    if n == 1 or r.merged:
+        print(level_line(a.out))
     for path, why in sorted(r.failed.items()):
         print(f"  failed: {path}: {why}")
     return 1 if r.failed else 0
+
+
+def level_line(store_dir: str) -> str:
+    """What `tokenize` says of the level its store's audio is heard at."""
+    from musetok.shared.token_store import TokenStore
+
+    store = TokenStore(store_dir)
+    if store.level_db is not None:
+        return (f"the store's audio sits at a median of {store.level_db:.1f} dBFS RMS: priors trained on it read "
+                "every clip they embed at that level")
+    if len(store):
+        return ("some files in the store have no level (tokenized before levels were recorded): priors trained on "
+                "it read clips at their own level; tokenize into a new store to record them")
+    return "the store holds no audio yet"
 
 
 def cmd_decode(a: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """Reading each clip at one level (`--level-db`): the embedder and the hand-crafted baselines bring a clip to an RMS
 in dBFS before the front-end, so a note played softly and the same note played loudly read alike."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -62,7 +63,7 @@ def test_embed_reads_audio_at_one_level_and_refuses_a_store(prior_dirs, trained_
               progress=False)
 
 
-def test_tokenize_records_each_files_level_and_the_store_the_median(trained_tokenizer, tmp_path):
+def test_tokenize_records_each_files_level_and_the_store_the_median(trained_tokenizer, tmp_path, capsys):
     from musetok.tokenizer import load_tokenizer
     from musetok.tokenizer.encode_corpus import tokenize_corpus
     y = np.sin(2 * np.pi * 440 * np.arange(SR * 6) / SR).astype(np.float32)
@@ -78,6 +79,17 @@ def test_tokenize_records_each_files_level_and_the_store_the_median(trained_toke
     assert levels["d.wav"] < SILENT_DBFS  # digital silence has a level, and does not count
     assert store.level_db == pytest.approx(levels["a.wav"], abs=0.01)
     assert "median level -29.0 dBFS" in store.summary()
+    # the command says it; a store whose files have no level (written before levels were recorded) says that
+    from musetok.cli import main
+    assert main(["tokenize", "--tokenizer", str(trained_tokenizer), "--audio", str(audio), "--out",
+                 str(tmp_path / "cli"), "--workers", "0", "--quiet"]) == 0
+    assert "a median of -29.0 dBFS RMS" in capsys.readouterr().out
+    index = tmp_path / "cli" / "index.jsonl"
+    rows = [json.loads(line) for line in index.read_text().splitlines()]
+    index.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "level_db"}) + "\n" for r in rows))
+    assert main(["tokenize", "--tokenizer", str(trained_tokenizer), "--audio", str(audio), "--out",
+                 str(tmp_path / "cli"), "--workers", "0", "--quiet"]) == 0
+    assert "some files in the store have no level" in capsys.readouterr().out
     assert corpus_level([-20.0, -10.0, -30.0], [1.0, 1.0, 1.0]) == -20.0
     assert corpus_level([-20.0, -10.0], [1.0, 3.0]) == -10.0
     assert corpus_level([-200.0], [5.0]) is None and corpus_level([], []) is None
