@@ -122,6 +122,12 @@ def semitone_filterbank(cfg: MelConfig) -> np.ndarray:
     return fb.astype(np.float32)
 
 
+# Frames per pass of the front-end: each frame is its own, so the log-mel is the same bit for bit, and a pass's
+# windowed frames and spectra stay in cache (at n_fft 4096, 128 frames are 2 MB; a 30 s block at once is 42 MB):
+# the `small` front-end ran 1.7x faster on one core of a 2-core AVX2 CPU (2026-12-07).
+FRAME_CHUNK = 128
+
+
 class MelFrontend(nn.Module):
     """Log-mel spectrogram as a module.
 
@@ -160,7 +166,10 @@ class MelFrontend(nn.Module):
         return (spec.real.square() + spec.imag.square()) @ fb  # 1.5-2x faster than abs().square() on CPU
 
     def frames_to_logmel(self, frames: torch.Tensor) -> torch.Tensor:
-        """Windowed frames `(B, T, n_fft)` -> log-mel `(B, n_mels, T)`."""
+        """Windowed frames `(B, T, n_fft)` -> log-mel `(B, n_mels, T)`, `FRAME_CHUNK` frames at a time."""
+        if frames.shape[1] > FRAME_CHUNK:
+            return torch.cat([self.frames_to_logmel(frames[:, i:i + FRAME_CHUNK])
+                              for i in range(0, frames.shape[1], FRAME_CHUNK)], dim=-1)
         mel = self._bands(frames, self.window, self.fb)  # (B, T, n_mels), or the long STFT's bands
         if self.shorter:
             parts, centre = [mel], self.cfg.n_fft // 2

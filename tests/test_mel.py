@@ -37,6 +37,18 @@ def test_batched_and_streaming_match():
     np.testing.assert_allclose(streamed, whole, atol=1e-4)
 
 
+@pytest.mark.parametrize("over", [{}, {"scale": "semitone", "n_fft": 4096, "n_mels": 100},
+                                  {"scale": "semitone", "n_fft": 4096, "n_mels": 100, "min_fft": 1024}])
+def test_frames_in_chunks_give_the_same_log_mel_bit_for_bit(monkeypatch, over):
+    from musetok.shared import mel
+    fe = MelFrontend(replace(MelConfig(), **over))
+    y = torch.from_numpy(np.stack([tone(6.0, 220.0, seed=1), tone(6.0, 330.0, seed=2)]))
+    chunked = fe(y)  # passes of 128 frames and a shorter last one
+    assert chunked.shape[-1] > 2 * mel.FRAME_CHUNK
+    monkeypatch.setattr(mel, "FRAME_CHUNK", 10 ** 9)
+    torch.testing.assert_close(fe(y), chunked, rtol=0, atol=0)
+
+
 def test_semitone_front_end_resolves_neighbouring_semitones():
     """The `semitone` scale puts each of A2 (110 Hz) and its neighbours a semitone up and down in a band of its
     own (band = MIDI note - 24 from C1); the default 80-band mel at n_fft 1024 gives two of them one band."""
