@@ -225,9 +225,10 @@ def level_gain(rms: float, level_db: float | None) -> float:
 
 
 def wave_rms(wave: np.ndarray) -> float:
-    """The RMS of a waveform (full scale 1.0), summed in float64."""
-    w = np.asarray(wave)
-    return float(np.sqrt(np.mean(np.square(w, dtype=np.float64)))) if w.size else 0.0
+    """The RMS of a waveform (full scale 1.0), summed in float64 (as `LevelMeter` sums a file's blocks)."""
+    meter = LevelMeter()
+    meter.add(np.ravel(wave))
+    return meter.rms
 
 
 def file_level(path: str | Path, sample_rate: int, block_seconds: float = 30.0) -> LevelMeter:
