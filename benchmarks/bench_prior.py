@@ -80,12 +80,14 @@ def make_runners(args):
             ("mlm frames->codes+frames, conv front-end 16 ch, ReLU MLP", "mlm", "frames", "codes", 1.0, 0.0, 16,
              "relu"),
             ("mlm frames->codes+frames, conv front-end 8 ch", "mlm", "frames", "codes", 1.0, 0.0, 8, "gelu"),
+            ("mlm frames->codes+frames, conv front-end 16 ch, MAE: masked frames join at the last block", "mlm",
+             "frames", "codes", 1.0, 0.0, 16, "gelu"),
             ("mlm frames->codes+frames+chroma", "mlm", "frames", "codes", 1.0, 1.0, 0, "gelu"),
             ("mlm frames->random", "mlm", "frames", "random", 0.0, 0.0, 0, "gelu")):
         cfg = PriorConfig(objective=objective, inputs=inputs, targets=targets, aux_frames=aux, aux_chroma=aux_chroma,
                           dim=d, layers=l, heads=h, max_len=t, codebook_size=v, num_codebooks=1, frame_dim=fdim,
                           frame_bands=fdim // 2, frame_conv=conv > 0, conv_channels=conv or 32,
-                          chroma_dim=24 if aux_chroma else 0, mlp=mlp)
+                          chroma_dim=24 if aux_chroma else 0, mlp=mlp, decoder_layers=1 if "MAE" in name else 0)
         model = Prior(cfg)
         opt = make_optimizer(model, 1e-4, 0.1)
         batch = Batch(codes, frames if cfg.uses_frames else None, torch.full((b,), t), torch.arange(b),

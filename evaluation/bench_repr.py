@@ -247,6 +247,15 @@ PRIORS["frames_codes_conv16_ema"] = _variant(RECOMMENDED, "train.ema_decay=0.998
                                                  "weights averaged (mlm)")
 PRIORS["frames_ema"] = _variant("frames", "train.ema_decay=0.998",
                                 row="prior: frames -> frames, weights averaged (masked_frames)")
+# MAE / MAE-AST: the recommended recipe and the control with the masked positions dropped from the lower blocks and
+# joining at the last one as a mask embedding (`model.decoder_layers: 1`): the lower blocks never read a corrupted
+# input, and a training step skips their work at the masked positions.
+PRIORS["frames_codes_conv16_mae"] = _variant(RECOMMENDED, "model.decoder_layers=1",
+                                             row="prior: frames -> codes + frames, conv front-end, 16 channels, "
+                                                 "masked frames at the last block only (mlm, MAE-style)")
+PRIORS["frames_mae"] = _variant("frames", "model.decoder_layers=1",
+                                row="prior: frames -> frames, masked frames at the last block only (masked_frames, "
+                                    "MAE-style)")
 # HuBERT's second round: the recommended prior again, its code targets replaced by k-means on the middle layer of
 # the trained recommended prior (`musetok relabel`). Same steps, but it needs the first round trained first.
 SECOND_ROUND = "frames_kmeans"

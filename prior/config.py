@@ -44,6 +44,11 @@ class PriorConfig:
     mask_rate: float = 0.3          # mlm / masked_frames: fraction of frames inside masked spans
     mask_span: int = 5              # consecutive frames per span (single frames are solved by smoothness)
     mask_fill: Literal["bert", "noise"] = "bert"  # masked frames read: 80/10/10 zeros/other/same, or noise (MusicFM)
+    # masked priors: 0 (BERT) = every block reads every position, the masked ones as `mask_fill` corrupts them.
+    # N >= 1 (MAE, MAE-AST, Audio-MAE) = the first `layers - N` blocks read only the positions left unmasked; the
+    # masked ones join at the last N blocks as one learned mask embedding. The lower blocks never see a corrupted
+    # input (as they never do once the prior embeds a clip) and skip the masked positions' work
+    decoder_layers: int = 0
     # frames -> dim: trained, a frozen random orthogonal map, or `split` (half the width each, side by side)
     input_proj: Literal["learned", "fixed", "split"] = "learned"
     # + a learned convolution along each frame's bands, summed with input_proj's map (MusicFM / MuQ's conv front-end,
@@ -184,6 +189,16 @@ class PriorConfig:
               "model.band_mask_width", f"must be at most the frames' bands ({self.frame_bands})")
         check(0.0 <= self.mix_prob <= 1.0, "model.mix_prob", "must be in [0, 1]")
         check(self.mix_db >= 0.0, "model.mix_db", "must be >= 0")
+        check(0 <= self.decoder_layers < self.layers, "model.decoder_layers",
+              f"must be 0 (every block reads every position) or 1 to layers - 1 ({self.layers - 1})")
+        check(self.decoder_layers == 0 or not self.causal, "model.decoder_layers",
+              "drops the masked positions from the lower blocks of a masked prior (objective mlm or masked_frames)")
+        check(self.decoder_layers == 0 or self.mask_fill == "bert", "model.decoder_layers",
+              "masked positions never reach the lower blocks, so model.mask_fill has nothing to fill: leave it bert")
+        check(self.decoder_layers == 0 or self.aux_frames_layer == 0
+              or self.aux_frames_layer > self.layers - self.decoder_layers, "model.aux_frames_layer",
+              f"predicts the masked frames from a block that does not read them (model.decoder_layers "
+              f"{self.decoder_layers}: blocks 1 to {self.layers - self.decoder_layers} read the unmasked ones only)")
         check(self.mask_fill == "bert" or (self.reads_frames and not self.causal), "model.mask_fill",
               "noise fills masked frames: for masked priors that read frames (model.inputs frames or codes+frames)")
         check(self.input_proj == "learned" or self.reads_frames, "model.input_proj",

@@ -341,6 +341,8 @@ class Prior(nn.Module):
                                                nn.Linear(cfg.dim, cfg.contrast_dim))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
+        if cfg.decoder_layers:  # MAE's mask token: what a masked position is where it joins the upper blocks
+            self.mask_embed = nn.Parameter(torch.randn(cfg.dim) * 0.02)
         cos, sin = rotary_tables(cfg.max_len, cfg.dim // cfg.heads, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -407,14 +409,21 @@ class Prior(nn.Module):
         return h
 
     def forward(self, x, valid: torch.Tensor | None = None, output_hidden_states: bool = False,
-                keep: torch.Tensor | None = None) -> PriorOutput:
+                keep: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> PriorOutput:
         """x: codes `(B, K, T)`, frames `(B, T, F)` or `(codes, frames)`, as `cfg.input_kind` says, T <= max_len;
         valid: `(B, T)` bool, False on padding.
 
         keep: `(B, T)` bool. When only some positions are scored (masked objectives), the last block's
         MLP runs on those alone (~12% less matmul work at a 30% mask rate) and `hidden` is `(N, D)`
         for the kept positions, in `x[keep]` order.
+
+        drop: `(B, T)` bool, the masked positions, for a prior with `decoder_layers` (MAE): the blocks below the
+        last `decoder_layers` read only the other positions (what `x` holds at the dropped ones is never read);
+        the dropped ones join above them as the mask embedding. `hidden_states` then hold zeros at the dropped
+        positions up to the first block that reads them.
         """
+        if drop is not None:
+            return self._forward_visible(x, valid, output_hidden_states, keep, drop)
         h = self.embed_inputs(x)  # (B, T, D)
         t = h.shape[1]
         if t > self.cfg.max_len:
@@ -434,6 +443,55 @@ class Prior(nn.Module):
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             h = block(h, cos, sin, attn_mask, self.cfg.causal, keep if i == last else None, rot)
+            if states is not None and i < last:
+                states.append(h)
+        h = self.norm(h)
+        if states is not None:
+            states.append(h)
+        return PriorOutput(h, states)
+
+    def _forward_visible(self, x, valid, output_hidden_states, keep, drop) -> PriorOutput:
+        """`forward` with `drop` (MAE): the unmasked positions of each row gathered to the front (in time order,
+        rows padded to the longest, padding never attended to), through the lower blocks with their own rotary
+        positions; then scattered back, the mask embedding at the dropped positions, and on through the rest."""
+        if not self.cfg.decoder_layers:
+            raise ValueError("drop: this prior reads every position in every block (model.decoder_layers is 0)")
+        codes, frames = split_input(self.cfg, x)
+        b, t = drop.shape
+        if t > self.cfg.max_len:
+            raise ValueError(f"sequence of {t} frames is longer than the prior's max_len {self.cfg.max_len}")
+        seen = ~drop if valid is None else valid & ~drop
+        counts = seen.sum(1)
+        n = int(counts.max())
+        order = torch.sort((~seen).to(torch.int8), dim=1, stable=True).indices[:, :n]  # (B, n): seen ones first
+        codes = None if codes is None else codes.gather(2, order[:, None].expand(-1, codes.shape[1], -1))
+        frames = None if frames is None else frames.gather(1, order[..., None].expand(-1, -1, frames.shape[-1]))
+        h = self.embed_inputs(join_input(self.cfg, codes, frames))  # (B, n, D): the front-end on the seen ones
+        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        if torch.is_autocast_enabled(h.device.type):
+            dtype = torch.get_autocast_dtype(h.device.type)
+            cos, sin = cos.to(dtype), sin.to(dtype)
+        filled = torch.arange(n, device=h.device)[None] < counts[:, None]  # (B, n): not row padding
+        enc_mask = None if bool(filled.all()) else filled[:, None, None, :]
+        index = order[..., None].expand(-1, -1, h.shape[-1])
+
+        def unpack(hv):  # (B, n, D) -> (B, T, D), zeros where dropped
+            return torch.where(seen[..., None], hv.new_zeros(b, t, hv.shape[-1]).scatter(1, index, hv), 0.0)
+
+        states = [unpack(h)] if output_hidden_states else None
+        n_enc = len(self.blocks) - self.cfg.decoder_layers
+        cos_v, sin_v = cos[order][:, None], sin[order][:, None]  # (B, 1, n, hd): each seen position's own angles
+        for block in self.blocks[:n_enc]:
+            h = block(h, cos_v, sin_v, enc_mask, False)
+            if states is not None:
+                states.append(unpack(h))
+        full = h.new_zeros(b, t, h.shape[-1]).scatter(1, index, h)
+        h = torch.where(seen[..., None], full, self.mask_embed.to(h.dtype))
+        rot = rotary_matrices(cos, sin) if writes_out(h, t) else None
+        attn_mask = None if valid is None or bool(valid.all()) else valid[:, None, None, :]
+        last = len(self.blocks) - 1
+        for i in range(n_enc, len(self.blocks)):
+            h = self.blocks[i](h, cos, sin, attn_mask, False, keep if i == last else None, rot)
             if states is not None and i < last:
                 states.append(h)
         h = self.norm(h)

@@ -1,6 +1,7 @@
 """The training objectives on one backbone. Each returns the loss and what to log.
 
-Masked (`mlm`, `masked_frames`): spans of the input are corrupted and only they are scored. Causal (`ar`,
+Masked (`mlm`, `masked_frames`): spans of the input are corrupted (or, with `decoder_layers`, dropped from the
+lower blocks, as MAE drops them) and only they are scored. Causal (`ar`,
 `next_frames`): the target `shift` frames ahead is predicted from the past. What the prior reads and what
 it predicts are `cfg.input_kind` / `cfg.target_kind` (see `prior/config.py`):
 - code targets: cross-entropy over every codebook (one head each);
@@ -67,11 +68,17 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
         valid = _valid(lengths, t)
         gens = row_generators(batch.seeds)
         mask = span_mask(lengths.cpu(), t, cfg.mask_rate, cfg.mask_span, gens)
-        c_in = corrupt_codes(codes.cpu(), mask, cfg.codebook_size, cfg.codebook_size, gens).to(codes.device) \
-            if cfg.reads_codes else None
         heard = frames if batch.frames_in is None else batch.frames_in  # `mix_prob`: another window mixed in
-        f_in = corrupt_frames(heard.cpu(), mask, lengths.cpu(), gens, cfg.mask_fill).to(frames.device) \
-            if cfg.reads_frames else None
+        if cfg.decoder_layers:  # MAE: the masked positions are dropped from the lower blocks, not corrupted
+            if compiled:
+                raise ValueError("model.decoder_layers drops a different number of positions in every batch, which "
+                                 "torch.compile cannot trace: set train.compile: false")
+            c_in, f_in = (codes if cfg.reads_codes else None), (heard if cfg.reads_frames else None)
+        else:
+            c_in = corrupt_codes(codes.cpu(), mask, cfg.codebook_size, cfg.codebook_size, gens).to(codes.device) \
+                if cfg.reads_codes else None
+            f_in = corrupt_frames(heard.cpu(), mask, lengths.cpu(), gens, cfg.mask_fill).to(frames.device) \
+                if cfg.reads_frames else None
         scored = mask
         if cfg.aux_bands > 0:  # bands hidden at some unmasked frames, scored too
             banded, hidden = band_mask(mask, lengths.cpu(), cfg.frame_bands, cfg.band_mask_rate, cfg.band_mask_width,
@@ -87,7 +94,8 @@ def compute_loss(model: Prior, batch: Batch) -> LossOutput:
         everywhere = cfg.aux_visible > 0 or cfg.aux_contrast > 0 or compiled
         o = model(join_input(cfg, c_in, f_in), None if bool(valid.all()) else valid,
                   keep=None if everywhere else scored,
-                  output_hidden_states=cfg.aux_frames_layer > 0 or cfg.aux_decorr > 0)
+                  output_hidden_states=cfg.aux_frames_layer > 0 or cfg.aux_decorr > 0,
+                  drop=mask if cfg.decoder_layers else None)
         h_scored = o.hidden[scored] if everywhere else o.hidden  # (N, D), in `scored` order
         h = h_scored[mask[scored]] if cfg.aux_bands > 0 else h_scored  # the masked frames' states
         # `aux_frames_layer`: the frames from a lower block's output (its own LayerNorm), the codes from the last

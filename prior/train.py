@@ -221,6 +221,9 @@ def _train_prior(run: PriorRunConfig, store_dir: str | Path, out: str | Path, re
                                            + (f"; training windows heard up to +-{mc.gain_db:g} dB louder or quieter"
                                               if mc.gain_db else "")
                                            + ("; masked frames read as noise" if mc.mask_fill == "noise" else "")
+                                           + (f"; masked frames left out of the first {mc.layers - mc.decoder_layers} "
+                                              f"blocks, joining at the last {mc.decoder_layers} (MAE)"
+                                              if mc.decoder_layers else "")
                                            + {"learned": "", "fixed": "; frames through a fixed random orthogonal "
                                               "projection", "split": "; frames through a fixed random orthogonal "
                                               "projection beside a learned one (half the width each)"}[mc.input_proj]
