@@ -309,10 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a prior setting applied to every prior alike, e.g. model.mask_span=17 (repeatable)")
     s.add_argument("--tokenizer-set", dest="tokenizer_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a tokenizer setting, e.g. model.num_codebooks=4 (repeatable)")
-    s.add_argument("--priors", default="codes,frames_codes_conv16,frames",
+    s.add_argument("--priors", default="codes,frames_codes_conv16_mae,frames",
                    help="which priors to train, comma-separated: the Jukebox route (codes), the recommended prior "
-                        "(frames_codes_conv16: frames -> codes + frames with a 16-channel conv front-end along the "
-                        "bands) and the continuous control (frames, always trained) by default; every lever measured "
+                        "(frames_codes_conv16_mae: frames -> codes + frames with a 16-channel conv front-end along the "
+                        "bands, the masked frames left out of the lower blocks) and the continuous control (frames, "
+                        "always trained) by default; every lever measured "
                         "is a named preset too (frames_codes_conv16_shift2, frames_codes_conv16_ema, frames_kmeans, "
                         "...: PRIORS in evaluation/bench_repr.py says what each is; an unknown name lists them all)")
     s.add_argument("--pool", choices=["meanstdmax", "meanstd", "mean", "max"], default="meanstdmax",

@@ -5,7 +5,8 @@ For each suite (the synthetic one always; the real-music dev kit when `--data` p
 1. pretrain: the `small` tokenizer on the suite's pretraining audio, the token store (codes and
    spectrogram frames), and `small` priors with the same steps, batch, width, depth and context (checked,
    and stated in the table). By default three (`DEFAULT_PRIORS`): the recommended `small` prior (frames ->
-   codes + frames, with a convolution along the bands beside the learned projection), codes -> codes
+   codes + frames, with a convolution along the bands beside the learned projection and the masked frames left
+   out of its lower blocks, MAE-style), codes -> codes
    (`mlm`, the Jukebox route) and frames -> frames (the continuous `masked_frames` control); `--priors`
    adds the same recipe without the convolution, frames -> codes, frames -> BEST-RQ random-projection codes,
    frames -> second-round codes (HuBERT: k-means on the trained recommended prior's middle layer) and the
@@ -70,10 +71,10 @@ from musetok.tokenizer.train import TokenizerRunConfig, train_tokenizer
 log = logging.getLogger("musetok")
 # The priors the benchmark can train, all with the `small` config at equal compute: name -> (settings, row).
 # `frames` (the continuous control) is always trained.
-# Every preset names its front-end (`model.frame_conv`, `model.conv_channels`), so each means what it meant when it
-# was measured, whatever small.yaml ships.
+# Every preset names its front-end (`model.frame_conv`, `model.conv_channels`) and whether every block reads every
+# frame (`model.decoder_layers`), so each means what it meant when it was measured, whatever small.yaml ships.
 PRIORS = {name: ([f"model.objective={o}", f"model.inputs={i}", f"model.targets={t}", f"model.aux_frames={a}",
-                  "model.frame_conv=false", "model.conv_channels=32"], row)
+                  "model.frame_conv=false", "model.conv_channels=32", "model.decoder_layers=0"], row)
           for name, (o, i, t, a, row) in {
     "codes": ("mlm", "codes", "codes", 0.0, "prior: codes -> codes (mlm)"),
     "frames_codes": ("mlm", "frames", "codes", 0.0, "prior: frames -> codes (mlm)"),
@@ -195,46 +196,46 @@ PRIORS["frames_drop"] = _variant("frames", "model.dropout=0.1", "model.attn_drop
 PRIORS["frames_codes_conv16_gain"] = _variant("frames_codes_conv16", "model.gain_db=20",
                                               row="prior: frames -> codes + frames, conv front-end, 16 channels, "
                                                   "windows heard +-20 dB (mlm)")
-# The prior the `small` configs ship (configs/prior/small.yaml; checked by the tests).
-RECOMMENDED = "frames_codes_conv16"
+# The `small` recipe before the masked frames left its lower blocks (2026-12-08): the base of the levers measured on it.
+CONV16 = "frames_codes_conv16"
 # BEST-RQ's frozen random-projection codes as the targets of the recommended recipe instead of the VQ-VAE's (the
 # issue's question: are learned codes worth their training?). The VQ-VAE's codes carry almost no pitch (bag of codes:
 # real-music pitch 0.05); a random projection of the semitone frames keeps whatever its 16 directions see.
-PRIORS["frames_random_conv16"] = _variant(RECOMMENDED, "model.targets=random",
+PRIORS["frames_random_conv16"] = _variant(CONV16, "model.targets=random",
                                           row="prior: frames -> random-projection codes + frames, conv front-end, "
                                               "16 channels (BEST-RQ-style)")
 # Both targets (MERT's multi-target idea): the recommended recipe with BEST-RQ's codes as a second cross-entropy
 # beside the VQ-VAE's codes and the frames (`model.aux_random`), each with its own head.
-PRIORS["frames_codes_conv16_rand"] = _variant(RECOMMENDED, "model.aux_random=1.0",
+PRIORS["frames_codes_conv16_rand"] = _variant(CONV16, "model.aux_random=1.0",
                                               row="prior: frames -> codes + random-projection codes + frames, conv "
                                                   "front-end, 16 channels (mlm)")
 # data2vec / M2D's target beside the recommended recipe's: an EMA teacher's normalised top layers over the clean
 # window, regressed at the masked frames (`model.aux_teacher`). Contextual targets that carry whatever the teacher
 # keeps of pitch and timbre together, where every fixed target so far kept one at the other's cost.
-PRIORS["frames_codes_conv16_teacher"] = _variant(RECOMMENDED, "model.aux_teacher=1.0",
+PRIORS["frames_codes_conv16_teacher"] = _variant(CONV16, "model.aux_teacher=1.0",
                                                  row="prior: frames -> codes + frames + EMA teacher, conv front-end, "
                                                      "16 channels (mlm)")
 # The frame target from the middle block (`model.aux_frames_layer`), the codes from the last: both targets now shape
 # the whole stack, and every lever on them traded real-music pitch for timbre; this gives the lower blocks to the
 # spectrum (so pitch) and the upper ones to the codes, and the probe picks its layer per task.
-PRIORS["frames_codes_conv16_mid"] = _variant(RECOMMENDED, "model.aux_frames_layer=2",
+PRIORS["frames_codes_conv16_mid"] = _variant(CONV16, "model.aux_frames_layer=2",
                                              row="prior: frames -> codes + frames from layer 2, conv front-end, "
                                                  "16 channels (mlm)")
 # Masked objectives score the masked positions only; nothing asks a visible position to keep its own frame, yet every
 # position is visible when a clip is embedded. The frames left unmasked as a second L1 target, from the same head.
-PRIORS["frames_codes_conv16_vis"] = _variant(RECOMMENDED, "model.aux_visible=1.0",
+PRIORS["frames_codes_conv16_vis"] = _variant(CONV16, "model.aux_visible=1.0",
                                              row="prior: frames -> codes + frames + unmasked frames, conv front-end, "
                                                  "16 channels (mlm)")
 # Whitening each layer's states before pooling lifted the prior's real-music pitch from 0.72 to 0.81 (and the
 # spectrogram's from 0.78 to 0.82: a probe effect, so not offered). This asks the prior itself for decorrelated
 # channels: VICReg's covariance term on its input layer at the visible frames (`model.aux_decorr`).
-PRIORS["frames_codes_conv16_decorr"] = _variant(RECOMMENDED, "model.aux_decorr=1.0",
+PRIORS["frames_codes_conv16_decorr"] = _variant(CONV16, "model.aux_decorr=1.0",
                                                 row="prior: frames -> codes + frames, decorrelated input layer, conv "
                                                     "front-end, 16 channels (mlm)")
 # Masking across the bands as well as across time (Audio-MAE / MSM-MAE's patches): an octave of bands hidden at 30% of
 # the unmasked frames, scored by the frame head. Hidden bands can only be filled from the rest of the spectrum, by
 # its harmonics, where a masked span in time is filled from its neighbours (`model.aux_bands`).
-PRIORS["frames_codes_conv16_bands"] = _variant(RECOMMENDED, "model.aux_bands=1.0",
+PRIORS["frames_codes_conv16_bands"] = _variant(CONV16, "model.aux_bands=1.0",
                                                row="prior: frames -> codes + frames + hidden bands, conv front-end, "
                                                    "16 channels (mlm)")
 PRIORS["frames_bands"] = _variant("frames", "model.aux_bands=1.0",
@@ -242,7 +243,7 @@ PRIORS["frames_bands"] = _variant("frames", "model.aux_bands=1.0",
 # The recommended recipe trained exactly as it is, its saved weights an exponential moving average of the weights
 # trained (`train.ema_decay`, bias-corrected; DINO found its momentum teacher, an average of the student, the better
 # representation throughout training). Training is untouched: only what is saved differs.
-PRIORS["frames_codes_conv16_ema"] = _variant(RECOMMENDED, "train.ema_decay=0.998",
+PRIORS["frames_codes_conv16_ema"] = _variant(CONV16, "train.ema_decay=0.998",
                                              row="prior: frames -> codes + frames, conv front-end, 16 channels, "
                                                  "weights averaged (mlm)")
 PRIORS["frames_ema"] = _variant("frames", "train.ema_decay=0.998",
@@ -250,12 +251,14 @@ PRIORS["frames_ema"] = _variant("frames", "train.ema_decay=0.998",
 # MAE / MAE-AST: the recommended recipe and the control with the masked positions dropped from the lower blocks and
 # joining at the last one as a mask embedding (`model.decoder_layers: 1`): the lower blocks never read a corrupted
 # input, and a training step skips their work at the masked positions.
-PRIORS["frames_codes_conv16_mae"] = _variant(RECOMMENDED, "model.decoder_layers=1",
+PRIORS["frames_codes_conv16_mae"] = _variant(CONV16, "model.decoder_layers=1",
                                              row="prior: frames -> codes + frames, conv front-end, 16 channels, "
                                                  "masked frames at the last block only (mlm, MAE-style)")
 PRIORS["frames_mae"] = _variant("frames", "model.decoder_layers=1",
                                 row="prior: frames -> frames, masked frames at the last block only (masked_frames, "
                                     "MAE-style)")
+# The prior the `small` configs ship (configs/prior/small.yaml; checked by the tests): MAE since 2026-12-08.
+RECOMMENDED = "frames_codes_conv16_mae"
 # HuBERT's second round: the recommended prior again, its code targets replaced by k-means on the middle layer of
 # the trained recommended prior (`musetok relabel`). Same steps, but it needs the first round trained first.
 SECOND_ROUND = "frames_kmeans"

@@ -192,9 +192,11 @@ class PriorConfig:
         check(0 <= self.decoder_layers < self.layers, "model.decoder_layers",
               f"must be 0 (every block reads every position) or 1 to layers - 1 ({self.layers - 1})")
         check(self.decoder_layers == 0 or not self.causal, "model.decoder_layers",
-              "drops the masked positions from the lower blocks of a masked prior (objective mlm or masked_frames)")
+              "leaves the masked positions out of a masked prior's lower blocks (objective mlm or masked_frames): "
+              "set it to 0 for a causal objective")
         check(self.decoder_layers == 0 or self.mask_fill == "bert", "model.decoder_layers",
-              "masked positions never reach the lower blocks, so model.mask_fill has nothing to fill: leave it bert")
+              "the masked positions never reach the lower blocks, so model.mask_fill has nothing to fill: set "
+              "model.mask_fill: bert, or model.decoder_layers: 0")
         check(self.decoder_layers == 0 or self.aux_frames_layer == 0
               or self.aux_frames_layer > self.layers - self.decoder_layers, "model.aux_frames_layer",
               f"predicts the masked frames from a block that does not read them (model.decoder_layers "
