@@ -422,16 +422,16 @@ class Prior(nn.Module):
         the dropped ones join above them as the mask embedding. `hidden_states` then hold zeros at the dropped
         positions up to the first block that reads them.
         """
-        if drop is not None:
-            return self._forward_visible(x, valid, output_hidden_states, keep, drop)
-        h = self.embed_inputs(x)  # (B, T, D)
-        t = h.shape[1]
-        if t > self.cfg.max_len:
-            raise ValueError(f"sequence of {t} frames is longer than the prior's max_len {self.cfg.max_len}")
-        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
-        if torch.is_autocast_enabled(h.device.type):  # q and k stay in bf16 through the rotation, not promoted to fp32
-            dtype = torch.get_autocast_dtype(h.device.type)
-            cos, sin = cos.to(dtype), sin.to(dtype)
+        states = [] if output_hidden_states else None
+        if drop is None:
+            h, first = self.embed_inputs(x), 0  # (B, T, D)
+            t = self._check_length(h.shape[1])
+            if states is not None:
+                states.append(h)
+        else:  # MAE: the lower blocks on the kept positions, then every position with the mask embedding
+            h, first = self._encode_visible(x, valid, drop, states), len(self.blocks) - self.cfg.decoder_layers
+            t = h.shape[1]
+        cos, sin = self._rotary(t, h)
         rot = rotary_matrices(cos, sin) if writes_out(h, t) else None  # once for all blocks
         attn_mask = None
         # (under torch.compile a given mask is used as it is: testing it would break the graph)
@@ -439,10 +439,9 @@ class Prior(nn.Module):
             attn_mask = valid[:, None, None, :]  # (B, 1, 1, T): keys that may be attended to
             if self.cfg.causal:
                 attn_mask = attn_mask & torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
-        states = [h] if output_hidden_states else None
         last = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
-            h = block(h, cos, sin, attn_mask, self.cfg.causal, keep if i == last else None, rot)
+        for i in range(first, len(self.blocks)):
+            h = self.blocks[i](h, cos, sin, attn_mask, self.cfg.causal, keep if i == last else None, rot)
             if states is not None and i < last:
                 states.append(h)
         h = self.norm(h)
@@ -450,16 +449,30 @@ class Prior(nn.Module):
             states.append(h)
         return PriorOutput(h, states)
 
-    def _forward_visible(self, x, valid, output_hidden_states, keep, drop) -> PriorOutput:
-        """`forward` with `drop` (MAE): the unmasked positions of each row gathered to the front (in time order,
-        rows padded to the longest, padding never attended to), through the lower blocks with their own rotary
-        positions; then scattered back, the mask embedding at the dropped positions, and on through the rest."""
+    def _check_length(self, t: int) -> int:
+        if t > self.cfg.max_len:
+            raise ValueError(f"sequence of {t} frames is longer than the prior's max_len {self.cfg.max_len}")
+        return t
+
+    def _rotary(self, t: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin `(T, hd)`; under autocast in its dtype, so q and k stay in bf16 through the rotation."""
+        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        if torch.is_autocast_enabled(h.device.type):
+            dtype = torch.get_autocast_dtype(h.device.type)
+            cos, sin = cos.to(dtype), sin.to(dtype)
+        return cos, sin
+
+    def _encode_visible(self, x, valid, drop, states: list | None) -> torch.Tensor:
+        """`forward`'s lower blocks with `drop` (MAE) -> `(B, T, D)`, what the upper blocks read. The kept positions
+        of each row are gathered to the front (in time order, rows padded to the longest, padding never attended
+        to) and run through the front-end and the lower blocks with their own rotary positions; then scattered
+        back, the mask embedding at the dropped positions. Appends each lower layer to `states`, zeros where
+        dropped."""
         if not self.cfg.decoder_layers:
             raise ValueError("drop: this prior reads every position in every block (model.decoder_layers is 0)")
         codes, frames = split_input(self.cfg, x)
         b, t = drop.shape
-        if t > self.cfg.max_len:
-            raise ValueError(f"sequence of {t} frames is longer than the prior's max_len {self.cfg.max_len}")
+        self._check_length(t)
         seen = ~drop if valid is None else valid & ~drop
         counts = seen.sum(1)
         n = int(counts.max())
@@ -467,10 +480,6 @@ class Prior(nn.Module):
         codes = None if codes is None else codes.gather(2, order[:, None].expand(-1, codes.shape[1], -1))
         frames = None if frames is None else frames.gather(1, order[..., None].expand(-1, -1, frames.shape[-1]))
         h = self.embed_inputs(join_input(self.cfg, codes, frames))  # (B, n, D): the front-end on the seen ones
-        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
-        if torch.is_autocast_enabled(h.device.type):
-            dtype = torch.get_autocast_dtype(h.device.type)
-            cos, sin = cos.to(dtype), sin.to(dtype)
         filled = torch.arange(n, device=h.device)[None] < counts[:, None]  # (B, n): not row padding
         enc_mask = None if bool(filled.all()) else filled[:, None, None, :]
         index = order[..., None].expand(-1, -1, h.shape[-1])
@@ -478,26 +487,16 @@ class Prior(nn.Module):
         def unpack(hv):  # (B, n, D) -> (B, T, D), zeros where dropped
             return torch.where(seen[..., None], hv.new_zeros(b, t, hv.shape[-1]).scatter(1, index, hv), 0.0)
 
-        states = [unpack(h)] if output_hidden_states else None
-        n_enc = len(self.blocks) - self.cfg.decoder_layers
-        cos_v, sin_v = cos[order][:, None], sin[order][:, None]  # (B, 1, n, hd): each seen position's own angles
-        for block in self.blocks[:n_enc]:
-            h = block(h, cos_v, sin_v, enc_mask, False)
+        if states is not None:
+            states.append(unpack(h))
+        cos, sin = self._rotary(t, h)
+        cos, sin = cos[order][:, None], sin[order][:, None]  # (B, 1, n, hd): each seen position's own angles
+        for block in self.blocks[:len(self.blocks) - self.cfg.decoder_layers]:
+            h = block(h, cos, sin, enc_mask, False)
             if states is not None:
                 states.append(unpack(h))
         full = h.new_zeros(b, t, h.shape[-1]).scatter(1, index, h)
-        h = torch.where(seen[..., None], full, self.mask_embed.to(h.dtype))
-        rot = rotary_matrices(cos, sin) if writes_out(h, t) else None
-        attn_mask = None if valid is None or bool(valid.all()) else valid[:, None, None, :]
-        last = len(self.blocks) - 1
-        for i in range(n_enc, len(self.blocks)):
-            h = self.blocks[i](h, cos, sin, attn_mask, False, keep if i == last else None, rot)
-            if states is not None and i < last:
-                states.append(h)
-        h = self.norm(h)
-        if states is not None:
-            states.append(h)
-        return PriorOutput(h, states)
+        return torch.where(seen[..., None], full, self.mask_embed.to(h.dtype))
 
     def code_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Normalised states `(..., D)` -> logits `(..., K, V)`, tied to the code embeddings when the prior
