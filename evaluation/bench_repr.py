@@ -254,6 +254,12 @@ PRIORS["frames_ema"] = _variant("frames", "train.ema_decay=0.998",
 PRIORS["frames_codes_conv16_mae"] = _variant(CONV16, "model.decoder_layers=1",
                                              row="prior: frames -> codes + frames, conv front-end, 16 channels, "
                                                  "masked frames at the last block only (mlm, MAE-style)")
+# The same at MusicFM / MuQ's mask rate 0.6 (MAE-AST and Audio-MAE mask more): with the masked frames out of the lower
+# blocks a higher rate makes a step cheaper, not dearer.
+PRIORS["frames_codes_conv16_mae_r60"] = _variant("frames_codes_conv16_mae", "model.mask_rate=0.6",
+                                                 row="prior: frames -> codes + frames, conv front-end, 16 channels, "
+                                                     "masked frames at the last block only, 60% masked (mlm, "
+                                                     "MAE-style)")
 PRIORS["frames_mae"] = _variant("frames", "model.decoder_layers=1",
                                 row="prior: frames -> frames, masked frames at the last block only (masked_frames, "
                                     "MAE-style)")

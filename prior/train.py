@@ -51,6 +51,13 @@ class PriorRunConfig:
     model: PriorConfig = field(default_factory=PriorConfig)
     train: PriorTrainConfig = field(default_factory=PriorTrainConfig)
 
+    def __post_init__(self):
+        # Refused here, when the config is read, not at the first step: an MAE prior keeps a different number of
+        # positions in every batch, a data-dependent size that torch.compile cannot trace.
+        check(not (self.train.compile and self.model.decoder_layers), "train.compile",
+              "cannot trace a prior with model.decoder_layers > 0 (it keeps a different number of positions in "
+              "every batch): set train.compile: false, or model.decoder_layers: 0")
+
 
 @dataclass
 class PriorTrainResult:

@@ -92,6 +92,14 @@ def test_decoder_layers_config_errors():
     PriorConfig(**{**BASE, "inputs": "frames", "decoder_layers": 2, "aux_frames_layer": 2})  # a block that reads them
 
 
+def test_compile_with_decoder_layers_is_refused_when_the_config_is_read():
+    from musetok.prior.train import PriorRunConfig
+    with pytest.raises(ConfigError, match=r"^train.compile: .*model.decoder_layers"):
+        load_config(PriorRunConfig, "small", ["train.compile=true"], kind="prior")  # `small` ships decoder_layers 1
+    run = load_config(PriorRunConfig, "small", ["train.compile=true", "model.decoder_layers=0"], kind="prior")
+    assert run.train.compile and run.model.decoder_layers == 0
+
+
 def test_an_mae_prior_trains_and_says_so(store, tmp_path):
     from musetok.prior.train import PriorRunConfig, train_prior
     over = TINY_PRIOR + ["model.inputs=frames", "model.aux_frames=1.0", "train.steps=30", "model.max_len=32",
