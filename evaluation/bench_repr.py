@@ -260,6 +260,11 @@ PRIORS["frames_codes_conv16_mae_r60"] = _variant("frames_codes_conv16_mae", "mod
                                                  row="prior: frames -> codes + frames, conv front-end, 16 channels, "
                                                      "masked frames at the last block only, 60% masked (mlm, "
                                                      "MAE-style)")
+# The same with the masked frames joining two blocks from the top instead of one (MAE's decoder is deeper; MAE-AST's
+# has 2 layers): the last two blocks read every position.
+PRIORS["frames_codes_conv16_mae2"] = _variant("frames_codes_conv16_mae", "model.decoder_layers=2",
+                                              row="prior: frames -> codes + frames, conv front-end, 16 channels, "
+                                                  "masked frames at the last 2 blocks only (mlm, MAE-style)")
 PRIORS["frames_mae"] = _variant("frames", "model.decoder_layers=1",
                                 row="prior: frames -> frames, masked frames at the last block only (masked_frames, "
                                     "MAE-style)")
